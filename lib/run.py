@@ -1,0 +1,150 @@
+"""Batch runner: execute the notebooks in order with papermill into reports/<profile>/ and write summary.md.
+
+    python -m lib.run --profile smoke|cpu|gpu [--only 01 02] [-p key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.config import PROFILE_NAMES, ParameterError, notebook_knobs, validate
+from lib.data import REPO_ROOT
+from lib.reporting import atomic_write_bytes, atomic_write_json, atomic_write_text, load_ledger, report_dir
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, '[1, 2]' -> [1, 2], 'null' -> None, else the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_params(pairs: list[str], profile: str, notebooks: list[Path]) -> dict[str, Any]:
+    """Validate `-p key=value` pairs before anything runs; raise ParameterError with one line."""
+    used = set().union(*(notebook_knobs(nb.stem) for nb in notebooks)) if notebooks else set()
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ParameterError(f"-p {pair!r}: expected key=value")
+        value = validate(key, parse_value(raw))
+        if key == "profile" and value != profile:
+            raise ParameterError(f"profile={value!r}: conflicts with --profile {profile}; pass the profile once")
+        if key not in used:
+            raise ParameterError(f"{key}: not a parameter of the selected notebooks; they take "
+                                 f"{', '.join(sorted(used))}")
+        params[key] = value
+    return params
+
+
+def select(only: list[str] | None, folder: Path) -> list[Path]:
+    """The notebooks NN_*.ipynb in order, restricted to the NN prefixes in `only`."""
+    notebooks = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        unknown = [o for o in only if not any(p.name.startswith(o) for p in notebooks)]
+        if unknown:
+            raise ParameterError(f"--only {' '.join(unknown)}: no such notebook; expected prefixes of "
+                                 f"{', '.join(p.stem for p in notebooks)}")
+        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in only)]
+    return notebooks
+
+
+def _forget(profile: str, notebook: str) -> None:
+    ledger = load_ledger(profile)
+    if ledger.pop(notebook, None) is not None:
+        atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+
+
+def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, float]:
+    """Run one notebook with papermill; the executed copy lands whole in out_dir. Returns (status, seconds)."""
+    import papermill as pm
+
+    start = time.perf_counter()
+    status = "ok"
+    with tempfile.TemporaryDirectory() as tmp:  # papermill writes as it goes: keep that out of reports/
+        tmp_out = Path(tmp) / nb.name
+        try:
+            pm.execute_notebook(str(nb), str(tmp_out), parameters=parameters, cwd=str(nb.parent),
+                                kernel_name="python3", progress_bar=True, log_output=False)
+        except pm.PapermillExecutionError as e:
+            status = f"failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
+        except Exception as e:  # kernel died, bad notebook JSON, ...
+            status = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if tmp_out.is_file():
+            atomic_write_bytes(out_dir / nb.name, tmp_out.read_bytes())
+    return status, time.perf_counter() - start
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(profile: str, rows: list[tuple[str, str, float]]) -> str:
+    """The summary table: status, wall time, key metrics and published references of each notebook."""
+    ledger = load_ledger(profile)
+    lines = [f"# Workbook run: profile `{profile}`", "",
+             "| notebook | status | wall time | key metrics | published reference |", "|---|---|---|---|---|"]
+    for name, status, secs in rows:
+        entry = ledger.get(name, {})
+        metrics = entry.get("metrics", {})
+        keys = [k for k in entry.get("key", []) if k in metrics]
+        shown = "<br>".join(f"{k} = {_fmt(metrics[k])}" for k in keys) or "–"
+        refs = entry.get("references", {})
+        ref = "<br>".join(f"{k}: {_fmt(r['value'])} ({r['source']})" for k, r in refs.items()) or "–"
+        lines.append(f"| {name} | {status.replace('|', '/')} | {secs:.1f} s | {shown} | {ref} |")
+    if ledger:
+        fp = next(iter(ledger.values())).get("fingerprint", {})
+        lines += ["", f"Commit `{fp.get('git_commit')}`, device `{fp.get('device')}`, "
+                      f"torch {fp.get('packages', {}).get('torch')}, "
+                      f"transformers {fp.get('packages', {}).get('transformers')}. Full numbers: `metrics.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected notebooks; exit 1 if any failed, 2 on bad arguments."""
+    ap = argparse.ArgumentParser(prog="python -m lib.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=os.environ.get("WORKBOOK_PROFILE", "cpu"))
+    ap.add_argument("--only", nargs="+", metavar="NN", help="notebook number prefixes, e.g. 01 02")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter (validated first)")
+    ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    try:
+        if args.profile not in PROFILE_NAMES:
+            raise ParameterError(f"--profile {args.profile!r}: expected one of {', '.join(PROFILE_NAMES)}")
+        notebooks = select(args.only, args.notebooks)
+        params = parse_params(args.param, args.profile, notebooks)
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("WORKBOOK_DATA"):  # the kernels run in notebooks/: make the data root absolute
+        os.environ["WORKBOOK_DATA"] = str(Path(os.environ["WORKBOOK_DATA"]).expanduser().resolve())
+    os.environ["WORKBOOK_PROFILE"] = args.profile
+    out_dir = report_dir(args.profile)
+    rows: list[tuple[str, str, float]] = []
+    for i, nb in enumerate(notebooks, start=1):
+        print(f"[{i}/{len(notebooks)}] {nb.stem} ({args.profile})", flush=True)
+        _forget(args.profile, nb.stem)
+        knobs = notebook_knobs(nb.stem)
+        status, secs = execute(nb, out_dir, {"profile": args.profile,
+                                             **{k: v for k, v in params.items() if k in knobs}})
+        rows.append((nb.stem, status, secs))
+        print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s", flush=True)
+        atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile, rows))
+    failed = [r for r in rows if r[1] != "ok"]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed; summary: {out_dir / 'summary.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
