@@ -85,6 +85,15 @@ def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, f
     return status, time.perf_counter() - start
 
 
+def publish(executed: Path, target: Path) -> None:
+    """Copy an executed notebook over its source, minus papermill's injected-parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    atomic_write_text(target, nbformat.writes(nb) + "\n")
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="NN", help="notebook number prefixes, e.g. 01 02")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (validated first)")
+    ap.add_argument("--publish", action="store_true",
+                    help="copy each notebook that ran ok, with its outputs, back into notebooks/")
     ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         status, secs = execute(nb, out_dir, {"profile": args.profile,
                                              **{k: v for k, v in params.items() if k in knobs}})
         rows.append((nb.stem, status, secs))
+        if args.publish and status == "ok":
+            publish(out_dir / nb.name, nb)
         print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s", flush=True)
         atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile, rows))
     failed = [r for r in rows if r[1] != "ok"]

