@@ -89,7 +89,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
-        "01_tokenization": {"corpus": "tinystories", "bpe_vocab_size": 8192, "bpe_train_texts": 40000,
+        "01_tokenization": {"corpus": "tinystories", "bpe_vocab_size": 8192, "bpe_train_texts": 25000,
                             "bpe_sweep": [512, 1024, 2048, 4096, 8192, 16384]},
         "02_loss_derivation": {"model": "smollm2-135m-instruct", "ppl_texts": 64, "sst2_examples": 200},
     },
@@ -176,6 +176,7 @@ def seed_everything(seed: int) -> None:
 def setup(notebook: str, params: Mapping[str, Any]) -> Config:
     """Resolve a notebook's parameters, seed every RNG, pick the device and apply the plot style."""
     cfg = resolve(notebook, params)
+    os.environ["WORKBOOK_PROFILE"] = cfg.profile  # so that loaders (e.g. models/<profile>/) follow the notebook
     cfg["device"] = pick_device(cfg.device)
     seed_everything(cfg.seed)
     from lib.reporting import use_style

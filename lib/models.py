@@ -19,9 +19,14 @@ class ModelNotFoundError(FileNotFoundError):
     """A named model or tokenizer is not available here; the message says how to get it."""
 
 
-def models_root() -> Path:
-    """Where our own checkpoints live: $WORKBOOK_MODELS, else the repo's models/."""
-    return Path(os.environ.get("WORKBOOK_MODELS", REPO_ROOT / "models")).resolve()
+def models_root(profile: str | None = None) -> Path:
+    """Our own checkpoints: $WORKBOOK_MODELS, else models/<profile>/ (profile: given, $WORKBOOK_PROFILE, else cpu).
+
+    One folder per profile, so that a smoke run (CI, nbval) never overwrites the cpu profile's mini-GPT.
+    """
+    if os.environ.get("WORKBOOK_MODELS"):
+        return Path(os.environ["WORKBOOK_MODELS"]).resolve()
+    return (REPO_ROOT / "models" / (profile or os.environ.get("WORKBOOK_PROFILE") or "cpu")).resolve()
 
 
 def is_known_model(name: str) -> bool:

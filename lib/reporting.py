@@ -91,6 +91,13 @@ def load_ledger(profile: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _plain(v: Any) -> Any:
+    """NumPy/torch scalars to plain Python numbers, so that the ledger is plain JSON."""
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+        v = v.item()
+    return v
+
+
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
            references: Mapping[str, tuple[float, str]] | None = None) -> dict[str, Any]:
     """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json (merged, written atomically).
@@ -100,7 +107,7 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
     nb, profile = cfg["notebook"], cfg["profile"]
     ledger = load_ledger(profile)
     entry = ledger.get(nb, {"metrics": {}, "key": [], "references": {}})
-    entry["metrics"].update({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()})
+    entry["metrics"].update({k: _plain(v) for k, v in metrics.items()})
     entry["key"] = list(dict.fromkeys([*entry["key"], *key]))
     entry["references"].update({k: {"value": v, "source": s} for k, (v, s) in (references or {}).items()})
     entry["fingerprint"] = fingerprint(cfg)

@@ -95,27 +95,36 @@ def publish(executed: Path, target: Path) -> None:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.4g}"
+    return f"{int(v):,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def summary_markdown(profile: str, rows: list[tuple[str, str, float]]) -> str:
-    """The summary table: status, wall time, key metrics and published references of each notebook."""
+def note_run(profile: str, notebook: str, status: str, seconds: float) -> None:
+    """Keep a notebook's last status and wall time in the ledger, beside its metrics."""
+    ledger = load_ledger(profile)
+    ledger.setdefault(notebook, {"metrics": {}, "key": [], "references": {}})["run"] = \
+        {"status": status, "seconds": round(seconds, 1)}
+    atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+
+
+def summary_markdown(profile: str) -> str:
+    """The summary table of every notebook in the ledger: status, wall time, key metrics, published references."""
     ledger = load_ledger(profile)
     lines = [f"# Workbook run: profile `{profile}`", "",
              "| notebook | status | wall time | key metrics | published reference |", "|---|---|---|---|---|"]
-    for name, status, secs in rows:
-        entry = ledger.get(name, {})
+    for name in sorted(n for n, e in ledger.items() if "run" in e):
+        entry = ledger[name]
         metrics = entry.get("metrics", {})
-        keys = [k for k in entry.get("key", []) if k in metrics]
-        shown = "<br>".join(f"{k} = {_fmt(metrics[k])}" for k in keys) or "–"
+        shown = "<br>".join(f"{k} = {_fmt(metrics[k])}" for k in entry.get("key", []) if k in metrics) or "–"
         refs = entry.get("references", {})
         ref = "<br>".join(f"{k}: {_fmt(r['value'])} ({r['source']})" for k, r in refs.items()) or "–"
-        lines.append(f"| {name} | {status.replace('|', '/')} | {secs:.1f} s | {shown} | {ref} |")
-    if ledger:
-        fp = next(iter(ledger.values())).get("fingerprint", {})
-        lines += ["", f"Commit `{fp.get('git_commit')}`, device `{fp.get('device')}`, "
-                      f"torch {fp.get('packages', {}).get('torch')}, "
-                      f"transformers {fp.get('packages', {}).get('transformers')}. Full numbers: `metrics.json`."]
+        status = entry["run"]["status"].replace("|", "/")
+        lines.append(f"| {name} | {status} | {entry['run']['seconds']:.1f} s | {shown} | {ref} |")
+    prints = {e["fingerprint"]["git_commit"]: e["fingerprint"] for e in ledger.values() if "fingerprint" in e}
+    for commit, fp in prints.items():
+        lines += ["", f"Commit `{commit}`, device `{fp.get('device')}`, torch {fp['packages'].get('torch')}, "
+                      f"transformers {fp['packages'].get('transformers')}. Full numbers: `metrics.json`."]
     return "\n".join(lines) + "\n"
 
 
@@ -150,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         status, secs = execute(nb, out_dir, {"profile": args.profile,
                                              **{k: v for k, v in params.items() if k in knobs}})
         rows.append((nb.stem, status, secs))
+        note_run(args.profile, nb.stem, status, secs)
         if args.publish and status == "ok":
             publish(out_dir / nb.name, nb)
         print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s", flush=True)
-        atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile, rows))
+        atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile))
     failed = [r for r in rows if r[1] != "ok"]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed; summary: {out_dir / 'summary.md'}")
     return 1 if failed else 0

@@ -67,3 +67,7 @@ def test_runner_keeps_going_marks_failures_and_writes_whole_files(tmp_path, monk
     for name in ("01_bad", "02_good"):
         nbformat.read(reports / "smoke" / f"{name}.ipynb", as_version=4)  # whole, valid notebooks
     assert not [p for p in reports.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert ledger["01_bad"]["run"]["status"].startswith("failed") and ledger["02_good"]["run"]["status"] == "ok"
+    assert main(["--profile", "smoke", "--notebooks", str(nbs), "--only", "02"]) == 0  # --only keeps other rows
+    summary = (reports / "smoke" / "summary.md").read_text()
+    assert "| 01_bad | failed" in summary and "| 02_good | ok |" in summary
