@@ -110,15 +110,34 @@ def perplexity(model, tokenizer, texts: Sequence[str], device: str | torch.devic
     return math.exp(total / n)
 
 
+@torch.no_grad()
+def next_token_logprobs(model, sequences: Sequence[Sequence[int]], token_ids: Sequence[int], pad_id: int,
+                        batch_size: int = 16) -> torch.Tensor:
+    """(len(sequences), len(token_ids)) log p(token | sequence) for the token right after each sequence."""
+    model.eval()
+    device, order = _device_of(model), sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out = torch.empty(len(sequences), len(token_ids))
+    for start in tqdm(range(0, len(order), batch_size), desc="next token", leave=False):
+        rows = order[start:start + batch_size]
+        ids, mask = pad_batch([sequences[i] for i in rows], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1]  # right padding: the last real token
+        out[rows] = torch.log_softmax(last, dim=-1)[:, list(token_ids)].cpu()
+    return out
+
+
 def verbalizer_logprobs(model, tokenizer, texts: Sequence[str], template: str, words: Sequence[str],
                         batch_size: int = 16) -> torch.Tensor:
     """(len(texts), len(words)) log-probabilities of each word's tokens after the template-filled prompt."""
     word_ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
-    pairs = [(tokenizer(template.format(text=t))["input_ids"], w) for t in texts for w in word_ids]
+    prompts = [tokenizer(template.format(text=t))["input_ids"] for t in texts]
+    if all(len(w) == 1 for w in word_ids):  # one-token words: one forward pass per prompt is enough
+        return next_token_logprobs(model, prompts, [w[0] for w in word_ids], pad_id_of(tokenizer), batch_size)
+    pairs = [(p, w) for p in prompts for w in word_ids]  # else score prompt + word, the prompt masked out
     batches = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         ids, mask = pad_batch([p + w for p, w in chunk], pad_id_of(tokenizer))
-        labels = mask_prompt(ids, [len(p) for p, _ in chunk], attention_mask=mask)  # score the word only
+        labels = mask_prompt(ids, [len(p) for p, _ in chunk], attention_mask=mask)
         batches.append((ids, mask, labels))
     return -sequence_nll(model, batches, desc="verbalizer").reshape(len(texts), len(words))

@@ -40,14 +40,23 @@ def test_hand_loss_equals_model_loss(model):
     ids, mask = batch()
     labels = ids.masked_fill(mask == 0, -100)
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert abs(causal_lm_loss(out.logits, labels).item() - out.loss.item()) <= 1e-6
+    assert abs(causal_lm_loss(out.logits, labels) - out.loss) <= 1e-6 * out.loss  # relative: float32 precision
 
 
 def test_hand_loss_equals_model_loss_with_prompt_mask(model):
     ids, mask = batch()
     labels = mask_prompt(ids, [4, 2, 5], attention_mask=mask)
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert abs(causal_lm_loss(out.logits, labels).item() - out.loss.item()) <= 1e-6
+    assert abs(causal_lm_loss(out.logits, labels) - out.loss) <= 1e-6 * out.loss  # relative: float32 precision
+
+
+def test_hand_loss_equals_shifted_cross_entropy_in_float64():
+    torch.manual_seed(3)
+    logits = torch.randn(3, 8, VOCAB, dtype=torch.float64)
+    labels = torch.randint(0, VOCAB, (3, 8))
+    labels[1, :4] = -100
+    reference = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert abs(causal_lm_loss(logits, labels) - reference).item() <= 1e-12
 
 
 def test_sum_is_mean_times_targets(model):
@@ -123,3 +132,17 @@ def test_verbalizer_logprobs_and_binary_cross_entropy(model):
     y = torch.tensor([1, 0, 1])
     two_class = F.cross_entropy(lp, y)
     assert torch.allclose(two_class, F.binary_cross_entropy_with_logits(lp[:, 1] - lp[:, 0], y.float()), atol=1e-6)
+
+
+def test_one_token_verbalizer_fast_path_matches_full_scoring(model):
+    tok = CharTokenizer()
+    texts, template = ["a long review of a film", "short", "mid length"], "R: {text} S:"
+    fast = verbalizer_logprobs(model, tok, texts, template, ["n", "y"], batch_size=2)  # one token each
+    for row, text in enumerate(texts):
+        prompt = tok(template.format(text=text))["input_ids"]
+        for col, word in enumerate(["n", "y"]):
+            ids = torch.tensor([prompt + tok(word)["input_ids"]])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits
+            slow = -causal_lm_loss(logits, mask_prompt(ids, len(prompt)), "sum")
+            assert torch.allclose(fast[row, col], slow, atol=1e-5)
