@@ -126,3 +126,26 @@ def load_token_classifier(name: str, labels: list[str], device: str = "cpu"):
 def count_parameters(model, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def mini_gpt(tokenizer, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0):
+    """A fresh GPT-2-architecture model sized for a laptop, with the tokenizer's vocabulary and special ids."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, loss_type="ForCausalLM")
+    return GPT2LMHeadModel(cfg)
+
+
+def save_model_folder(model, tokenizer, path: Path, card: str) -> Path:
+    """Write a from_pretrained folder (safetensors weights, config, tokenizer, README model card) whole or not at all."""
+    from lib.reporting import atomic_dir
+
+    with atomic_dir(Path(path)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    return Path(path)

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +9,8 @@ from typing import Any, Iterable, Sequence, Union
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lib.reporting import atomic_dir
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token: id 0 in our vocabulary
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML turn delimiters, used from the SFT notebook on
@@ -48,21 +47,10 @@ def as_transformers(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTr
 
 def save_tokenizer(tok: TokenizerLike, path: Path | str) -> Path:
     """Save as a transformers tokenizer folder, whole or not at all (temp folder beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     hf = as_transformers(tok) if isinstance(tok, Tokenizer) else tok
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    old = path.parent / f".{path.name}.old.tmp"
-    try:
+    with atomic_dir(Path(path)) as tmp:
         hf.save_pretrained(str(tmp))
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)  # a non-empty folder cannot be replaced in one step: move it aside first
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def load_bpe(path: Path | str) -> PreTrainedTokenizerBase:

@@ -1,0 +1,238 @@
+"""lib.training on a tiny GPT-2 and real TinyStories paragraphs: learning, batching, exact resume, no pickle."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lib.checkpoints as checkpoints
+import lib.training as training
+from lib.config import ParameterError
+from lib.training import (IGNORE_INDEX, TrainConfig, batch_order, collate, evaluate, latest_checkpoint, make_optimizer,
+                          pack, save_checkpoint, train)
+
+
+@pytest.fixture(scope="module")
+def stories() -> dict:
+    """400 TinyStories paragraphs in GPT-2 tokens, re-numbered into a compact vocabulary (eos = 0)."""
+    from lib.data import CORPORA, data_root, load_corpus
+    from lib.models import load_tokenizer
+
+    if not (data_root() / CORPORA["tinystories"].files["train"]).is_file():
+        pytest.skip(f"TinyStories not found under {data_root()}; set WORKBOOK_DATA=../shared/data")
+
+    tok = load_tokenizer("gpt2")
+    ids = tok(load_corpus("tinystories", "train")["text"][:400])["input_ids"]
+    ids = [x[:48] for x in ids]
+    vocab = {t: k for k, t in enumerate([tok.eos_token_id] + sorted({t for x in ids for t in x}))}
+    docs = [[vocab[t] for t in x] for x in ids]
+    return {"docs": docs, "vocab_size": len(vocab), "eos": 0}
+
+
+def tiny_gpt(vocab_size: int, dropout: float = 0.1, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab_size, n_positions=64, resid_pdrop=dropout,
+                     embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg)
+
+
+def quiet(**kw) -> TrainConfig:
+    return TrainConfig(progress=False, **kw)
+
+
+def test_loss_falls_and_history_and_tensorboard(stories, tmp_path):
+    blocks = pack(stories["docs"], 32, stories["eos"])
+    model = tiny_gpt(stories["vocab_size"])
+    before = evaluate(model, blocks[-32:], batch_size=16)
+    cfg = quiet(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=4, eval_every=20, log_every=5,
+                log_dir=tmp_path / "tb")
+    hist = train(model, blocks[:-32], blocks[-32:], cfg)
+    assert [r["step"] for r in hist] == list(range(5, 41, 5))
+    assert hist[-1]["eval_loss"] < before - 1.0, (before, hist[-1])
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 1.0
+    assert hist.column("eval_loss")[0] == [20, 40]
+    assert hist[-1]["tokens"] == 40 * 16 * 32 and all(r["tokens_per_s"] > 0 for r in hist)
+    assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.1)  # cosine ends at lr * min_lr_ratio
+    assert model.training and list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_restores_mode_and_weights_tokens(stories):
+    model = tiny_gpt(stories["vocab_size"]).eval()
+    ex = [{"input_ids": d} for d in stories["docs"][:10]]
+    full = evaluate(model, ex, batch_size=10)
+    assert not model.training
+    assert evaluate(model, ex, batch_size=3) == pytest.approx(full, abs=1e-5)  # token- not batch-weighted
+    model.train()
+    evaluate(model, ex)
+    assert model.training
+
+
+def test_no_weight_decay_on_biases_and_norms(stories):
+    model = tiny_gpt(stories["vocab_size"])
+    model.transformer.wpe.weight.requires_grad_(False)
+    opt = make_optimizer(model, quiet(weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.ndim < 2}
+    assert any(".ln_1.weight" in names[id(p)] for p in no_decay["params"])
+    assert any(n.endswith(".bias") for n in map(names.get, map(id, no_decay["params"])))
+    assert "transformer.wpe.weight" not in {names[id(p)] for p in decay["params"]}  # frozen: left out
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_pack_drops_only_the_tail_and_puts_eos_between_documents(stories):
+    assert pack([[1, 2, 3], [4, 5], [6, 7, 8]], 4, 0) == [{"input_ids": [1, 2, 3, 0]}, {"input_ids": [4, 5, 0, 6]}]
+    docs = stories["docs"]
+    stream = [t for d in docs for t in (*d, 0)]
+    blocks = pack(docs, 32, 0)
+    flat = [t for b in blocks for t in b["input_ids"]]
+    assert all(len(b["input_ids"]) == 32 for b in blocks)
+    assert flat == stream[:len(flat)] and 0 <= len(stream) - len(flat) < 32
+    assert sum(t == 0 for t in flat) == sum(t == 0 for t in stream[:len(flat)]) >= len(docs) - 2
+
+
+def test_collate_pads_to_the_batch_longest_and_masks_padding():
+    batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9, 10, 11, 12]}, {"input_ids": [13, 14]}], pad_id=1)
+    assert batch["input_ids"].shape == (3, 5)
+    assert batch["input_ids"][2].tolist() == [13, 14, 1, 1, 1]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1] * 5, [1, 1, 0, 0, 0]]
+    assert batch["labels"][0].tolist() == [5, 6, 7, IGNORE_INDEX, IGNORE_INDEX]
+    sft = collate([{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}, {"input_ids": torch.tensor([5, 6])}])
+    assert sft["labels"].tolist() == [[-100, -100, 3, 4], [5, 6, -100, -100]]
+    with pytest.raises(ValueError, match="4 input_ids but 3 labels"):
+        collate([{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3]}])
+
+
+def test_batch_order_is_deterministic_and_grouping_cuts_padding(stories):
+    lengths = [len(d) for d in stories["docs"]]
+    a, b = batch_order(400, 8, 0, 0, lengths), batch_order(400, 8, 0, 0, lengths)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert any((x != y).any() for x, y in zip(a, batch_order(400, 8, 0, 1, lengths)))  # a new order each epoch
+    assert sorted(int(i) for x in a for i in x) == list(range(400))
+
+    def pads(batches):
+        return sum(max(lengths[i] for i in x) * len(x) - sum(lengths[i] for i in x) for x in batches)
+    assert pads(a) < 0.5 * pads(batch_order(400, 8, 0, 0))
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_resume_after_a_kill_ends_with_the_same_loss(stories, tmp_path):
+    examples = [{"input_ids": d} for d in stories["docs"][:-40]]  # ragged, with dropout: RNG and order matter
+    held_out = [{"input_ids": d} for d in stories["docs"][-40:]]
+    cfg = quiet(max_steps=12, batch_size=6, grad_accum=2, lr=2e-3, warmup_steps=3, log_every=2, save_every=5,
+                group_by_length=True, seed=3, eval_every=6, ckpt_dir=tmp_path / "a")
+    whole = tiny_gpt(stories["vocab_size"])
+    ref = train(whole, examples, held_out, cfg)
+
+    calls = 0
+
+    def dying_collate(batch):
+        nonlocal calls
+        calls += 1
+        if calls == 7 * 2 + 1:  # in step 8, after the checkpoint of step 5 and the row of step 6
+            raise Killed
+        return collate(batch)
+    cfg_b = dataclasses.replace(cfg, ckpt_dir=tmp_path / "b")
+    with pytest.raises(Killed):
+        train(tiny_gpt(stories["vocab_size"]), examples, held_out, cfg_b, collate=dying_collate)
+    assert latest_checkpoint(tmp_path / "b").name == "step-000005"
+    resumed = tiny_gpt(stories["vocab_size"], seed=123)  # a fresh model (other init) and a fresh optimizer
+    hist = train(resumed, examples, held_out, cfg_b, resume_from="latest")
+    assert [r["step"] for r in hist] == [r["step"] for r in ref]  # the history carries the rows before the kill
+    assert abs(hist[-1]["train_loss"] - ref[-1]["train_loss"]) <= 1e-6
+    assert abs(hist[-1]["eval_loss"] - ref[-1]["eval_loss"]) <= 1e-6
+    assert all(torch.equal(p, q) for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_checkpoint_has_no_pickle_and_loads_with_from_pretrained(stories, tmp_path):
+    model = tiny_gpt(stories["vocab_size"])
+    train(model, pack(stories["docs"], 32, 0), None, quiet(max_steps=3, batch_size=4, ckpt_dir=tmp_path))
+    ckpt = latest_checkpoint(tmp_path)
+    files = sorted(p.name for p in ckpt.iterdir())
+    assert files == ["config.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "scheduler.json",
+                     "trainer_state.json", "trainer_state.safetensors"]
+    for p in ckpt.iterdir():
+        assert p.suffix in (".safetensors", ".json") and not p.read_bytes().startswith(b"\x80")
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert "transformer.h.0.attn.c_attn.weight" in f.keys()
+    with safe_open(str(ckpt / "trainer_state.safetensors"), "pt") as f:
+        assert f.get_tensor("rng.torch").dtype == torch.uint8  # the CPU generator's state
+    loaded = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
+    with pytest.raises(ValueError, match="batch_size=8 but the checkpoint has 4"):
+        train(model, pack(stories["docs"], 32, 0), None, quiet(max_steps=5, batch_size=8), resume_from=ckpt)
+
+
+def test_an_interrupted_write_leaves_no_half_checkpoint(stories, tmp_path, monkeypatch):
+    model = tiny_gpt(stories["vocab_size"])
+    opt = make_optimizer(model, quiet())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    good = save_checkpoint(tmp_path / "step-000001", model, opt, sched, {"step": 1})
+    real_save_file = checkpoints.save_file
+
+    def crash_on_last_file(tensors, filename, *a, **kw):
+        real_save_file(tensors, filename, *a, **kw)
+        if filename.endswith("trainer_state.safetensors"):
+            raise Killed
+    monkeypatch.setattr(checkpoints, "save_file", crash_on_last_file)
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path / "step-000002", model, opt, sched, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]  # no step-2, no temp dir
+    (tmp_path / ".step-000003.tmp-999").mkdir()  # what a SIGKILL mid-write leaves: ignored
+    (tmp_path / ".step-000003.tmp-999" / "model.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path) == good
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("lr", -1e-3, "TrainConfig.lr=-0.001: expected a number > 0"),
+    ("batch_size", 0, "TrainConfig.batch_size=0: expected an int >= 1"),
+    ("grad_accum", 1.5, "TrainConfig.grad_accum=1.5: expected an int >= 1"),
+    ("mixed_precision", "fp8", "TrainConfig.mixed_precision='fp8': expected one of auto, no, bf16"),
+    ("betas", (0.9, 1.5), "TrainConfig.betas=(0.9, 1.5): expected two numbers in [0, 1)"),
+    ("save_every", 10, "TrainConfig.save_every=10: expected 0 when ckpt_dir is None"),
+    ("warmup_steps", 500, "TrainConfig.warmup_steps=500: expected <= max_steps=100"),
+])
+def test_bad_config_names_the_field(field, value, expected):
+    with pytest.raises(ParameterError) as e:
+        TrainConfig(**{field: value})
+    assert str(e.value).startswith(expected)
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(stories):
+    blocks = pack(stories["docs"], 32, 0)[:64]  # padding-free; 64 = a whole number of batches of 4 and 8
+    runs = []
+    for bs, accum in ((8, 1), (4, 2)):
+        model = tiny_gpt(stories["vocab_size"], dropout=0.0)
+        runs.append(train(model, blocks, None, quiet(max_steps=10, batch_size=bs, grad_accum=accum, lr=3e-3,
+                                                     log_every=1)))
+    a, b = ([r["train_loss"] for r in h] for h in runs)
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5 and len(a) == 10
+
+
+def test_token_classification_on_a_datasets_dataset(stories):
+    from datasets import Dataset
+    from transformers import GPT2ForTokenClassification
+
+    docs = stories["docs"][:64]
+    tags = [[t % 3 if k % 4 else IGNORE_INDEX for k, t in enumerate(d)] for d in docs]  # some positions ignored
+    ds = Dataset.from_dict({"input_ids": docs, "labels": tags, "text": ["unused"] * len(docs)})
+    torch.manual_seed(0)
+    model = GPT2ForTokenClassification(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=stories["vocab_size"],
+                                                  n_positions=64, num_labels=3, pad_token_id=0, bos_token_id=0,
+                                                  eos_token_id=0))
+    before = evaluate(model, ds.select(range(16)), shift_labels=False)
+    hist = train(model, ds, ds.select(range(16)), quiet(max_steps=20, batch_size=8, lr=3e-3, shift_labels=False,
+                                                        group_by_length=True))
+    assert hist[-1]["eval_loss"] < before - 0.2 and before == pytest.approx(1.1, abs=0.2)  # ln 3 = 1.10
+    batch = collate([ds[0], ds[1]])
+    assert batch["labels"][0, 0] == IGNORE_INDEX and training.count_targets(batch, shift=False) == \
+        sum(t != IGNORE_INDEX for r in (tags[0], tags[1]) for t in r)
