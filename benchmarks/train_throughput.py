@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from lib.training import TrainConfig, batch_order, collate, count_targets, train  # noqa: E402
+from lib.training import flops_per_token as training_flops_per_token  # noqa: E402
 
 BATCH, MAX_LEN, LR = 16, 256, 3e-4
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(vocab)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n)  # wte counted once: lm_head
     mean_len = statistics.mean(lengths)
-    flops_per_token = 6 * n_params + 12 * model.config.n_layer * model.config.n_embd * mean_len
+    flops_per_token = training_flops_per_token(model, mean_len)
     print(f"\nmodel: GPT-2 4 layers x 256, vocab {vocab}, {n_params / 1e6:.2f}M params without wpe; data: "
           f"{len(examples)} TinyStories paragraphs (GPT-2 tokens), mean {mean_len:.1f}, max {max(lengths)}; "
           f"batch {BATCH}; {torch.get_num_threads()} torch threads; {rounds} interleaved rounds, median")

@@ -27,6 +27,7 @@ class Knob:
     help: str
     choices: tuple[str, ...] | None = None
     positive: bool = False
+    nonnegative: bool = False
     check: str | None = None  # "model", "corpus" or "dataset": validated against a registry
 
     def validate(self, name: str, value: Any) -> Any:
@@ -44,6 +45,8 @@ class Knob:
             raise ParameterError(f"{name}={value!r}: expected {self.kind.__name__} ({self.help})")
         if self.positive and value <= 0:
             raise ParameterError(f"{name}={value!r}: expected a value > 0 ({self.help})")
+        if self.nonnegative and value < 0:
+            raise ParameterError(f"{name}={value!r}: expected a value >= 0 ({self.help})")
         if self.choices is not None and value not in self.choices:
             raise ParameterError(f"{name}={value!r}: expected one of {', '.join(self.choices)}")
         if self.check is not None:
@@ -77,6 +80,26 @@ KNOBS: dict[str, Knob] = {
     "bpe_sweep": Knob(list, "vocabulary sizes for the compression sweep"),
     "ppl_texts": Knob(int, "number of WikiText-2 lines scored for perplexity", positive=True),
     "sst2_examples": Knob(int, "number of SST-2 sentences scored by the verbalizer", positive=True),
+    "train_texts": Knob(int, "number of training paragraphs (capped at what the corpus has)", positive=True),
+    "gpt_layers": Knob(int, "transformer blocks of the mini-GPT", positive=True),
+    "gpt_heads": Knob(int, "attention heads per block (must divide gpt_dim)", positive=True),
+    "gpt_dim": Knob(int, "width of the mini-GPT's residual stream", positive=True),
+    "block_size": Knob(int, "tokens per training sequence (context length)", positive=True),
+    "max_steps": Knob(int, "optimizer steps of the main training run", positive=True),
+    "batch_size": Knob(int, "sequences per optimizer step", positive=True),
+    "lr": Knob(float, "peak learning rate", positive=True),
+    "warmup_steps": Knob(int, "steps of linear learning-rate warmup", nonnegative=True),
+    "eval_every": Knob(int, "steps between validation passes", positive=True),
+    "save_every": Knob(int, "steps between checkpoints (samples are drawn from each)", positive=True),
+    "sweep_dims": Knob(list, "widths of the models in the scaling sweep"),
+    "sweep_steps": Knob(int, "optimizer steps of each scaling-sweep run", positive=True),
+    "domain_corpus": Knob(str, "the domain corpus of the seed's fine-tuning loop", check="corpus"),
+    "domain_texts": Knob(int, "domain-corpus paragraphs used for fine-tuning", positive=True),
+    "domain_steps": Knob(int, "optimizer steps of the domain fine-tuning", positive=True),
+    "sft_steps": Knob(int, "optimizer steps of chat supervised fine-tuning", positive=True),
+    "sft_dialogues": Knob(int, "chat conversations used for SFT (train + held out)", positive=True),
+    "max_length": Knob(int, "longest token sequence kept for fine-tuning", positive=True),
+    "eval_prompts": Knob(int, "held-out chat prompts shown and scored", positive=True),
 }
 
 # Every profile value, declared once. "common" applies to every notebook; a notebook's own section overrides it.
@@ -86,18 +109,37 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "01_tokenization": {"corpus": "tinystories", "bpe_vocab_size": 1000, "bpe_train_texts": 3000,
                             "bpe_sweep": [300, 500, 1000]},
         "02_loss_derivation": {"model": "smollm2-135m-instruct", "ppl_texts": 8, "sst2_examples": 16},
+        "03_pretraining": {"corpus": "tinystories", "train_texts": 3000, "gpt_layers": 2, "gpt_heads": 2, "gpt_dim": 64,
+                           "block_size": 64, "max_steps": 150, "batch_size": 16, "lr": 5e-3, "warmup_steps": 10,
+                           "eval_every": 50, "save_every": 50, "sweep_dims": [32, 48], "sweep_steps": 50},
+        "04_fine_tuning": {"model": "mini-gpt", "domain_corpus": "tiny-shakespeare", "domain_texts": 1000,
+                           "domain_steps": 30, "sft_steps": 60, "sft_dialogues": 600, "batch_size": 8, "lr": 1e-3,
+                           "max_length": 256, "eval_prompts": 8},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
         "01_tokenization": {"corpus": "tinystories", "bpe_vocab_size": 8192, "bpe_train_texts": 25000,
                             "bpe_sweep": [512, 1024, 2048, 4096, 8192, 16384]},
         "02_loss_derivation": {"model": "smollm2-135m-instruct", "ppl_texts": 64, "sst2_examples": 200},
+        "03_pretraining": {"corpus": "tinystories", "train_texts": 25000, "gpt_layers": 4, "gpt_heads": 4, "gpt_dim": 192,
+                           "block_size": 128, "max_steps": 900, "batch_size": 16, "lr": 3e-3, "warmup_steps": 30,
+                           "eval_every": 100, "save_every": 300, "sweep_dims": [64, 128], "sweep_steps": 200},
+        "04_fine_tuning": {"model": "mini-gpt", "domain_corpus": "tiny-shakespeare", "domain_texts": 8000,
+                           "domain_steps": 150, "sft_steps": 400, "sft_dialogues": 3000, "batch_size": 16, "lr": 1e-3,
+                           "max_length": 384, "eval_prompts": 12},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
         "01_tokenization": {"corpus": "tinystories", "bpe_vocab_size": 16384, "bpe_train_texts": 1_000_000,
                             "bpe_sweep": [1024, 2048, 4096, 8192, 16384, 32768]},
         "02_loss_derivation": {"model": "gpt2", "ppl_texts": 1000, "sst2_examples": 872},
+        "03_pretraining": {"corpus": "tinystories", "train_texts": 2_000_000, "gpt_layers": 6, "gpt_heads": 6,
+                           "gpt_dim": 384, "block_size": 256, "max_steps": 6000, "batch_size": 64, "lr": 1e-3,
+                           "warmup_steps": 200, "eval_every": 250, "save_every": 1500, "sweep_dims": [128, 256],
+                           "sweep_steps": 1500},
+        "04_fine_tuning": {"model": "gpt2", "domain_corpus": "tiny-shakespeare", "domain_texts": 30000,
+                           "domain_steps": 1000, "sft_steps": 2000, "sft_dialogues": 3000, "batch_size": 32,
+                           "lr": 5e-5, "max_length": 512, "eval_prompts": 20},
     },
 }
 

@@ -45,3 +45,23 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, greedy: bo
         new.append(nxt.item())
         out = torch.cat([out, nxt.to(device)], dim=1)
     return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased alphabetic words of a text (apostrophes kept: don't, lily's)."""
+    import re
+
+    return re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
+
+
+def word_coverage(text: str, vocabulary: set[str]) -> float:
+    """Share of a text's words that are real words of the reference vocabulary (1.0 for an empty text)."""
+    ws = words(text)
+    return sum(w in vocabulary for w in ws) / len(ws) if ws else 1.0
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct n-grams / all n-grams of the words: near 0 for a text stuck in a loop."""
+    ws = words(text)
+    grams = [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0

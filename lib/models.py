@@ -109,6 +109,7 @@ def load_causal_lm(name: str, device: str = "cpu", dtype=None):
     from transformers import AutoModelForCausalLM
 
     model = _load(AutoModelForCausalLM, name, **({"dtype": dtype} if dtype is not None else {}))
+    model.loss_type = model.loss_type or "ForCausalLM"  # GPT-2's class name maps to no loss type: say it, no warning
     return model.to(device).eval()
 
 
@@ -128,16 +129,21 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def mini_gpt(tokenizer, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0):
-    """A fresh GPT-2-architecture model sized for a laptop, with the tokenizer's vocabulary and special ids."""
+def mini_gpt(tokenizer, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0, dropout: float = 0.0):
+    """A fresh GPT-2-architecture model sized for a laptop, with the tokenizer's vocabulary and special ids.
+
+    Dropout defaults to 0: a small model that sees its data about once underfits and gains nothing from it (nanoGPT).
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
                      n_head=n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, loss_type="ForCausalLM")
-    return GPT2LMHeadModel(cfg)
+                     pad_token_id=tokenizer.pad_token_id, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # GPT-2's class name maps to no loss type: say it, no warning
+    return model
 
 
 def save_model_folder(model, tokenizer, path: Path, card: str) -> Path:

@@ -54,9 +54,12 @@ def save_tokenizer(tok: TokenizerLike, path: Path | str) -> Path:
 
 
 def load_bpe(path: Path | str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer folder written by save_tokenizer."""
+    """Load a tokenizer folder written by save_tokenizer; a missing folder says which notebook makes it."""
     from transformers import AutoTokenizer
 
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer.json; train it with the tokenization notebook: "
+                                "`python -m lib.run --profile <profile> --only 01`")
     return AutoTokenizer.from_pretrained(str(path))
 
 

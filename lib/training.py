@@ -73,6 +73,16 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int,
     return [batches[i] for i in rng.permutation(len(batches))] if lengths is not None else batches
 
 
+def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
+    """Training FLOPs per token: 6N for the weights plus 12·L·d·T for attention (Kaplan et al. 2020; PaLM).
+
+    N leaves out GPT-2's position embeddings (wpe, a lookup); the tied token embedding counts once, as lm_head.
+    """
+    n = sum(p.numel() for name, p in model.named_parameters() if "wpe" not in name)
+    c = model.config
+    return 6 * n + 12 * c.n_layer * c.n_embd * seq_len
+
+
 def count_targets(batch: Mapping[str, torch.Tensor], shift: bool = True) -> int:
     """Number of labels that enter the loss (after the causal one-token shift when `shift`)."""
     labels = batch["labels"][:, 1:] if shift else batch["labels"]
