@@ -113,8 +113,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                            "block_size": 64, "max_steps": 150, "batch_size": 16, "lr": 5e-3, "warmup_steps": 10,
                            "eval_every": 50, "save_every": 50, "sweep_dims": [32, 48], "sweep_steps": 50},
         "04_fine_tuning": {"model": "mini-gpt", "domain_corpus": "tiny-shakespeare", "domain_texts": 1000,
-                           "domain_steps": 30, "sft_steps": 60, "sft_dialogues": 600, "batch_size": 8, "lr": 1e-3,
-                           "max_length": 256, "eval_prompts": 8},
+                           "domain_steps": 6, "sft_steps": 10, "sft_dialogues": 400, "batch_size": 4, "lr": 2e-4,
+                           "max_length": 128, "eval_prompts": 4},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -126,7 +126,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                            "eval_every": 100, "save_every": 300, "sweep_dims": [64, 128], "sweep_steps": 200},
         "04_fine_tuning": {"model": "mini-gpt", "domain_corpus": "tiny-shakespeare", "domain_texts": 8000,
                            "domain_steps": 150, "sft_steps": 400, "sft_dialogues": 3000, "batch_size": 16, "lr": 1e-3,
-                           "max_length": 384, "eval_prompts": 12},
+                           "max_length": 256, "eval_prompts": 12},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},

@@ -121,10 +121,16 @@ def summary_markdown(profile: str) -> str:
         ref = "<br>".join(f"{k}: {_fmt(r['value'])} ({r['source']})" for k, r in refs.items()) or "–"
         status = entry["run"]["status"].replace("|", "/")
         lines.append(f"| {name} | {status} | {entry['run']['seconds']:.1f} s | {shown} | {ref} |")
-    prints = {e["fingerprint"]["git_commit"]: e["fingerprint"] for e in ledger.values() if "fingerprint" in e}
-    for commit, fp in prints.items():
-        lines += ["", f"Commit `{commit}`, device `{fp.get('device')}`, torch {fp['packages'].get('torch')}, "
-                      f"transformers {fp['packages'].get('transformers')}. Full numbers: `metrics.json`."]
+    by_commit: dict[str, list[str]] = {}
+    for name, e in sorted(ledger.items()):
+        if "fingerprint" in e:
+            by_commit.setdefault(e["fingerprint"]["git_commit"], []).append(name[:2])
+    if by_commit:
+        fp = next(e["fingerprint"] for e in ledger.values() if "fingerprint" in e)
+        commits = "; ".join(f"`{c}` ({', '.join(nbs)})" for c, nbs in by_commit.items())
+        lines += ["", f"Commits: {commits}. Device `{fp.get('device')}`, torch {fp['packages'].get('torch')}, "
+                      f"transformers {fp['packages'].get('transformers')}. Full numbers and fingerprints: "
+                      "`metrics.json`."]
     return "\n".join(lines) + "\n"
 
 

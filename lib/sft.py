@@ -141,20 +141,65 @@ def end_ids(tokenizer) -> set[int]:
 
 
 @torch.no_grad()
-def chat_reply(model, tokenizer, messages: Sequence[Message], max_new_tokens: int = 40) -> str:
-    """Greedy reply to a conversation: rendered with the generation prompt, stopped at the end marker (or eos)."""
+def chat_turn(model, tokenizer, messages: Sequence[Message], max_new_tokens: int = 40,
+              prefix: str = "") -> tuple[str, str]:
+    """(greedy reply after a forced `prefix`, how it ended: "end marker", "eos" or "length")."""
     model.eval()
     device = next(model.parameters()).device
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 10 ** 9)
-    ids = torch.tensor([render_ids(ensure_chat_template(tokenizer), messages, add_generation_prompt=True)])
-    stop, new, cache, out = end_ids(tokenizer), [], None, ids.to(device)
-    for _ in range(min(max_new_tokens, limit - ids.shape[1])):
+    ids = render_ids(ensure_chat_template(tokenizer), messages, add_generation_prompt=True)
+    ids += tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    stop, new, cache, out = end_ids(tokenizer), [], None, torch.tensor([ids], device=device)
+    ended = "length"
+    for _ in range(min(max_new_tokens, limit - len(ids))):
         res = model(input_ids=out if cache is None else out[:, -1:], cache=cache, use_cache=True)
         cache, nxt = res.cache, res.logits[:, -1].argmax(-1, keepdim=True)
         if nxt.item() in stop:
+            ended = "eos" if nxt.item() == tokenizer.eos_token_id and tokenizer.eos_token != END_TEXT else "end marker"
             break
         new.append(nxt.item())
         out = torch.cat([out, nxt], dim=1)
         if tokenizer.decode(new).endswith(END_TEXT):  # plain-text marker (GPT-2 fallback)
+            ended = "end marker"
             break
-    return tokenizer.decode(new, skip_special_tokens=True).split(END_TEXT)[0].strip()
+    return tokenizer.decode(new, skip_special_tokens=True).split(END_TEXT)[0].strip(), ended
+
+
+def chat_reply(model, tokenizer, messages: Sequence[Message], max_new_tokens: int = 40, prefix: str = "") -> str:
+    """The greedy reply of chat_turn, without how it ended."""
+    return chat_turn(model, tokenizer, messages, max_new_tokens, prefix)[0]
+
+
+def reply_nll(model, examples: Sequence[Mapping[str, Sequence[int]]], pad_id: int,
+              batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL, number of labelled targets) per example: the loss on the assistant tokens only, eval mode."""
+    from lib.losses import sequence_nll
+    from lib.training import collate
+
+    batches, counts = [], []
+    for i in range(0, len(examples), batch_size):
+        b = collate(examples[i:i + batch_size], pad_id)
+        batches.append((b["input_ids"], b["attention_mask"], b["labels"]))
+        counts.append((b["labels"][:, 1:] != IGNORE_INDEX).sum(1))
+    return sequence_nll(model, batches, desc="reply NLL").double(), torch.cat(counts)
+
+
+def mask_html(tokenizer, example: Mapping[str, Sequence[int]], limit: int = 400) -> str:
+    """HTML of the first `limit` tokens: labelled (in the loss) tokens green and bold, the rest grey."""
+    import html
+
+    out = []
+    for t, y in list(zip(example["input_ids"], example["labels"]))[:limit]:
+        piece = html.escape(tokenizer.decode([t])).replace("\n", "↵<br>")
+        style = "background:#c8f7c5;font-weight:bold" if y != IGNORE_INDEX else "color:#888"
+        out.append(f'<span style="{style};border:1px solid #ddd;margin:1px">{piece}</span>')
+    return '<div style="font-family:monospace;line-height:1.9">' + "".join(out) + "</div>"
+
+
+def plain_weights(model):
+    """Drop a GGUF load's quantizer (its weights are already de-quantized to float32) so save_pretrained accepts it."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
