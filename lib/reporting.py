@@ -81,11 +81,12 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 
 
 def git_commit() -> str:
-    """The repo's HEAD commit, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    """The repo's HEAD commit, with '+dirty' when tracked files outside reports/ changed; 'unknown' outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
+                               cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
