@@ -146,12 +146,21 @@ def mini_gpt(tokenizer, n_layer: int, n_head: int, n_embd: int, block_size: int,
     return model
 
 
+def plain_weights(model):
+    """Drop a GGUF load's quantizer (its weights are already de-quantized to float32) so save_pretrained accepts it."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
 def save_model_folder(model, tokenizer, path: Path, card: str) -> Path:
     """Write a from_pretrained folder (safetensors weights, config, tokenizer, README model card) whole or not at all."""
     from lib.reporting import atomic_dir
 
     with atomic_dir(Path(path)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        plain_weights(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(path)

@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from lib.losses import IGNORE_INDEX
+from lib.models import plain_weights  # noqa: F401  (re-exported: notebook 04 imports it from here)
+
 END_TEXT = "<|im_end|>"
 Message = Mapping[str, str]
 # The fallback for tokenizers without a chat template (GPT-2): the same ChatML layout as our mini-GPT's template,
@@ -194,12 +196,3 @@ def mask_html(tokenizer, example: Mapping[str, Sequence[int]], limit: int = 400)
         style = "background:#c8f7c5;font-weight:bold" if y != IGNORE_INDEX else "color:#888"
         out.append(f'<span style="{style};border:1px solid #ddd;margin:1px">{piece}</span>')
     return '<div style="font-family:monospace;line-height:1.9">' + "".join(out) + "</div>"
-
-
-def plain_weights(model):
-    """Drop a GGUF load's quantizer (its weights are already de-quantized to float32) so save_pretrained accepts it."""
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    return model

@@ -28,8 +28,8 @@ import torch
 
 from lib.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from lib.config import ParameterError
+from lib.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 Example = Mapping[str, Any]  # {"input_ids": [...], optional "labels": [...]}
 
 
