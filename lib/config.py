@@ -29,6 +29,7 @@ class Knob:
     positive: bool = False
     nonnegative: bool = False
     check: str | None = None  # "model", "corpus" or "dataset": validated against a registry
+    item: type = int  # element type of a list knob: int or float (> 0), or str (from `choices` if given)
 
     def validate(self, name: str, value: Any) -> Any:
         """Return the value (ints widened to float where a float is asked) or raise ParameterError."""
@@ -37,10 +38,14 @@ class Knob:
         if self.kind is list:
             if not isinstance(value, (list, tuple)) or not value:
                 raise ParameterError(f"{name}={value!r}: expected a non-empty list ({self.help})")
+            value = [float(v) if self.item is float and type(v) is int else v for v in value]
+            what = "strings" if self.item is str else f"positive {self.item.__name__}s"
             for v in value:
-                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    raise ParameterError(f"{name}={value!r}: expected a list of positive integers ({self.help})")
-            return list(value)
+                if type(v) is not self.item or (self.item is not str and v <= 0):
+                    raise ParameterError(f"{name}={value!r}: expected a list of {what} ({self.help})")
+                if self.choices is not None and v not in self.choices:
+                    raise ParameterError(f"{name}={value!r}: expected items from {', '.join(self.choices)}")
+            return value
         if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, self.kind):
             raise ParameterError(f"{name}={value!r}: expected {self.kind.__name__} ({self.help})")
         if self.positive and value <= 0:

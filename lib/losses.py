@@ -76,6 +76,11 @@ def _device_of(model) -> torch.device:
 
 
 @torch.no_grad()
+def _logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float32 logits of the input positions (a soft-prompt model's virtual-token positions come first: dropped)."""
+    return model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:].float()
+
+
 def sequence_nll(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                  desc: str = "scoring") -> torch.Tensor:
     """Summed NLL of the unmasked targets of every row of every (input_ids, attention_mask, labels) batch."""
@@ -83,7 +88,7 @@ def sequence_nll(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torc
     device = _device_of(model)
     out = []
     for ids, mask, labels in tqdm(batches, desc=desc, leave=False):
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = _logits(model, ids.to(device), mask.to(device))
         out.append(token_nll(logits, labels.to(device)).sum(dim=1).cpu())
     return torch.cat(out)
 
@@ -120,7 +125,7 @@ def next_token_logprobs(model, sequences: Sequence[Sequence[int]], token_ids: Se
     for start in tqdm(range(0, len(order), batch_size), desc="next token", leave=False):
         rows = order[start:start + batch_size]
         ids, mask = pad_batch([sequences[i] for i in rows], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = _logits(model, ids.to(device), mask.to(device))
         last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1]  # right padding: the last real token
         out[rows] = torch.log_softmax(last, dim=-1)[:, list(token_ids)].cpu()
     return out

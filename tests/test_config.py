@@ -75,3 +75,18 @@ def test_one_call_seeds_every_rng():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(3)
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+def test_list_knobs_check_their_item_type():
+    from lib.config import Knob, ParameterError
+
+    floats = Knob(list, "learning rates", item=float)
+    assert floats.validate("lrs", [1, 3e-3]) == [1.0, 3e-3]
+    with pytest.raises(ParameterError, match="positive floats"):
+        floats.validate("lrs", [1e-3, 0.0])
+    words = Knob(list, "methods", item=str, choices=("a", "b"))
+    assert words.validate("m", ["b", "a"]) == ["b", "a"]
+    with pytest.raises(ParameterError, match="expected items from a, b"):
+        words.validate("m", ["a", "c"])
+    with pytest.raises(ParameterError, match="positive ints"):
+        Knob(list, "sizes").validate("s", [2, 2.5])
