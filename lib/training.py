@@ -8,9 +8,9 @@ Why 🤗 Accelerate and not the 🤗 Trainer: Accelerate gives device placement,
 `accelerate launch`/`torchrun` through three calls (prepare, backward, no_sync) and leaves the loop to us: ~100
 lines a notebook can show, with checkpoints we control (the Trainer's hold torch.save pickles of the optimizer,
 scheduler and RNG states) and no speed given up. benchmarks/train_throughput.py (GPT-2 4x256 on ragged TinyStories,
-2 CPU cores, 7 interleaved rounds, median; two runs) measured ours at 0.97-0.99x a bare forward/backward/step loop
-(clipping costs ~2%), 1.05-1.10x the Trainer with group_by_length, 1.8-1.9x the Trainer with its default random
-order, 0.98-1.03x a Trainer fed our very batches (a tie: equal overhead), and 4.6x the seed's pad-to-the-max loop.
+2 CPU cores, 7 interleaved rounds, median; three runs) measured ours at 0.95-0.99x a bare forward/backward/step loop
+(clipping is 0.3% of a step), 1.03-1.10x the Trainer with group_by_length, 1.9x the Trainer with its default random
+order, 0.98-1.03x a Trainer fed our very batches (a tie: equal overhead), and 4.4-4.6x the seed's pad-to-the-max loop.
 """
 from __future__ import annotations
 
