@@ -15,6 +15,7 @@ do not have, so `soft_prompt` copies the init text's embeddings itself (the same
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 import torch
@@ -74,3 +75,27 @@ def nearest_tokens(peft_model, tokenizer, k: int = 3) -> tuple[list[list[str]], 
     vocab = F.normalize(peft_model.get_input_embeddings().weight.detach().float(), dim=-1)
     sims, ids = (prompt @ vocab.T).topk(k, dim=-1)
     return [[tokenizer.decode([i]) for i in row] for row in ids.tolist()], sims
+
+
+def label_words(template) -> list[str]:
+    """Each label's first continuation in a lib.prompting Template (" negative", " positive")."""
+    return [template.verbalizer[label][0] for label in template.labels]
+
+
+def predict(model, tokenizer, template, texts: Sequence[str], batch_size: int = 16) -> list[int]:
+    """The label whose word is most likely after the filled template (works for soft-prompt and LoRA models)."""
+    from lib.losses import verbalizer_logprobs
+
+    scores = verbalizer_logprobs(model, tokenizer, texts, template.text, label_words(template), batch_size)
+    return scores.argmax(1).tolist()
+
+
+def fit(model, examples: Sequence[dict], cfg, pad_id: int) -> tuple[list[dict], float]:
+    """Train through lib.training.train; (history rows, wall seconds)."""
+    from functools import partial
+
+    from lib.training import collate, train
+
+    start = time.perf_counter()
+    history = train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
+    return history, time.perf_counter() - start
