@@ -24,14 +24,13 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, greedy: bool = True, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
-    """Continue `prompt` token by token (KV cache reused); stops at the tokenizer's eos."""
+def stream_ids(model, ids: list[int], max_new_tokens: int = 40, greedy: bool = True, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_ids: frozenset[int] | set[int] = frozenset()):
+    """Yield new token ids one at a time after the prompt `ids` (KV cache reused); stops before a stop id."""
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    out, cache, new = ids, None, []
+    out, cache = torch.tensor([list(ids)], device=device), None
     for _ in range(max_new_tokens):
         res = model(input_ids=out if cache is None else out[:, -1:], cache=cache, use_cache=True)
         cache, logits = res.cache, res.logits[:, -1, :].float().cpu()
@@ -40,10 +39,18 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, greedy: bo
         else:
             probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen)
-        if nxt.item() == tokenizer.eos_token_id:
-            break
-        new.append(nxt.item())
+        if nxt.item() in stop_ids:
+            return
+        yield nxt.item()
         out = torch.cat([out, nxt.to(device)], dim=1)
+
+
+def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, greedy: bool = True, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """Continue `prompt` token by token (KV cache reused); stops at the tokenizer's eos."""
+    ids = tokenizer(prompt).input_ids
+    new = list(stream_ids(model, ids, max_new_tokens, greedy, temperature, top_k, top_p, seed,
+                          stop_ids={tokenizer.eos_token_id}))
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
