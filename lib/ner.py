@@ -1,0 +1,247 @@
+"""Named-entity recognition with a GPT token-classification head: IOB2 labels, word/subword alignment, metrics.
+
+Words are tokenized one by one with a leading space, which is what a byte-level BPE's `add_prefix_space=True` does:
+"EU" becomes "ĠEU", as it would inside running text, and not the rarer word-initial pieces "E", "U". The word each
+piece came from is kept, so labels go from words to pieces (`align_labels`) and predictions come back to words
+(`words_from_pieces`) at the first piece of each word (at the last piece for the 'last' strategy).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from functools import partial
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from lib.losses import IGNORE_INDEX
+
+# Label a word's first piece only (others -100), every piece (B- becomes I- after the first), or its last piece only:
+# a left-to-right model has seen the whole word only at its last piece. Predictions are read where the labels sit.
+STRATEGIES = ("first", "all", "last")
+ERROR_KINDS = ("type", "boundary", "boundary+type", "missed", "spurious")
+
+
+def label_names(dataset) -> list[str]:
+    """The IOB2 tag names of a CoNLL dataset, in id order, read from its features."""
+    return list(dataset.features["ner_tags"].feature.names)
+
+
+def word_pieces(tokenizer, words: Sequence[str], lowercase: bool = False) -> tuple[list[int], list[int]]:
+    """(piece ids, word index of each piece): each word tokenized as ' ' + word, like add_prefix_space=True."""
+    words = [w.lower() for w in words] if lowercase else list(words)
+    ids, word_ids = [], []
+    for k, piece_ids in enumerate(tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]):
+        if not piece_ids:
+            raise ValueError(f"word {k} ({words[k]!r}) tokenizes to no pieces")
+        ids += piece_ids
+        word_ids += [k] * len(piece_ids)
+    return ids, word_ids
+
+
+def read_at(strategy: str) -> str:
+    """Where a strategy's predictions are read: the last piece for 'last', else the first."""
+    return "last" if strategy == "last" else "first"
+
+
+def continuation_ids(names: Sequence[str]) -> dict[int, int]:
+    """Map the id of every B-X to the id of I-X (the tag of a word's later pieces under the 'all' strategy)."""
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in names if n.startswith("B-") and "I-" + n[2:] not in index]
+    if missing:
+        raise ValueError(f"tags {missing} have no I- partner in {list(names)}")
+    return {index[n]: index["I-" + n[2:]] for n in names if n.startswith("B-")}
+
+
+def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str],
+                 strategy: str = "first") -> list[int]:
+    """Piece labels from word labels: a word's 'first' or 'last' piece (others -100), or 'all' its pieces."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    cont = continuation_ids(names)
+    out = []
+    for k, w in enumerate(word_ids):
+        y = word_labels[w]
+        first, last = k == 0 or word_ids[k - 1] != w, k == len(word_ids) - 1 or word_ids[k + 1] != w
+        keep = {"first": first, "last": last, "all": True}[strategy]
+        out.append(IGNORE_INDEX if not keep else y if first or strategy == "last" else cont.get(y, y))
+    return out
+
+
+def words_from_pieces(word_ids: Sequence[int], piece_values: Sequence[int], n_words: int | None = None,
+                      at: str = "first") -> list[int]:
+    """One value per word: the value at the word's first (or `at`="last") piece; labels or predictions alike."""
+    n = n_words if n_words is not None else (max(word_ids) + 1 if word_ids else 0)
+    out: list[int | None] = [None] * n
+    for w, v in zip(word_ids, piece_values):
+        if out[w] is None or at == "last":
+            out[w] = int(v)
+    if None in out:
+        raise ValueError(f"word {out.index(None)} has no piece")
+    return out  # type: ignore[return-value]
+
+
+def encode(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], names: Sequence[str],
+           strategy: str = "first", lowercase: bool = False, max_length: int = 1024) -> list[dict[str, Any]]:
+    """Training/evaluation examples; a sentence longer than max_length pieces is cut into word-aligned chunks.
+
+    Each example: input_ids, labels (aligned by `strategy`), word_ids (within the sentence), sentence (its index).
+    """
+    out = []
+    for s, (words, labels) in enumerate(zip(sentences, tags)):
+        if len(words) != len(labels):
+            raise ValueError(f"sentence {s}: {len(words)} words but {len(labels)} tags")
+        ids, wids = word_pieces(tokenizer, words, lowercase)
+        pieces = align_labels(wids, labels, names, strategy)
+        start = 0
+        while start < len(ids):
+            end = min(start + max_length, len(ids))
+            while start < end < len(ids) and wids[end] == wids[end - 1]:
+                end -= 1  # never split a word across chunks
+            if end == start:
+                raise ValueError(f"sentence {s}: word {wids[start]} alone is longer than max_length={max_length}")
+            out.append({"input_ids": ids[start:end], "labels": pieces[start:end], "word_ids": wids[start:end],
+                        "sentence": s})
+            start = end
+    return out
+
+
+def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mapping[str, Any]], *, epochs: float,
+                 batch_size: int, lr: float, seed: int = 0, pad_id: int = 0, device: str = "cpu",
+                 progress: bool = True):
+    """(model, history): a fresh token classifier trained with the shared core (warmup 10%, length-grouped batches)."""
+    from lib.models import load_token_classifier
+    from lib.training import TrainConfig, collate, train
+
+    model = load_token_classifier(model_name, list(names), device)
+    steps = math.ceil(epochs * len(examples) / batch_size)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10, seed=seed,
+                      shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress)
+    return model, train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
+
+
+@torch.no_grad()
+def predict(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
+            batch_size: int = 64, at: str = "first") -> list[list[int]]:
+    """Predicted tag id of every word, one list per sentence (argmax at each word's first or last piece; eval mode)."""
+    from tqdm.auto import tqdm
+
+    from lib.training import collate
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pieces: list[list[tuple[int, list[int], list[int]]]] = [[] for _ in n_words]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
+    for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False):
+        chunk = [examples[i] for i in order[start:start + batch_size]]
+        batch = collate([{"input_ids": e["input_ids"]} for e in chunk], pad_id)
+        mask = batch["attention_mask"].to(device)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask).logits
+        best = logits.argmax(-1).cpu().tolist()
+        for e, row in zip(chunk, best):
+            pieces[e["sentence"]].append((e["word_ids"][0], row[:len(e["input_ids"])], e["word_ids"]))
+    model.train(was_training)
+    out = []
+    for s, parts in enumerate(pieces):
+        parts.sort(key=lambda p: p[0])  # chunks of one sentence back in order
+        wids = [w for _, _, ws in parts for w in ws]
+        vals = [v for _, vs, _ in parts for v in vs]
+        out.append(words_from_pieces(wids, vals, n_words[s], at))
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+
+def as_tags(ids: Sequence[Sequence[int]], names: Sequence[str]) -> list[list[str]]:
+    """Tag-id lists to tag-name lists."""
+    return [[names[i] for i in row] for row in ids]
+
+
+def token_report(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], digits: int = 4) -> tuple[str, dict]:
+    """The seed's §5.4 table: sklearn's classification_report over every word's tag, O included (text, dict)."""
+    from sklearn.metrics import classification_report
+
+    y_true = [t for row in gold for t in row]
+    y_pred = [t for row in pred for t in row]
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} gold tags but {len(y_pred)} predicted tags")
+    kw = {"labels": sorted(set(y_true) | set(y_pred)), "zero_division": 0}
+    return (classification_report(y_true, y_pred, digits=digits, **kw),
+            classification_report(y_true, y_pred, output_dict=True, **kw))
+
+
+def entity_report(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], digits: int = 4) -> tuple[str, dict]:
+    """Entity-level precision, recall and F1 per type and micro-averaged: seqeval, strict IOB2 (text, dict)."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    kw = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    report = classification_report(gold, pred, output_dict=True, **kw)
+    plain = {k: {m: float(v) for m, v in row.items()} for k, row in report.items()}
+    return classification_report(gold, pred, digits=digits, **kw), plain
+
+
+def score_views(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+    """The same predictions scored four ways: token accuracy and weighted F1 with O, macro F1 without O, entity F1."""
+    tokens, ents = token_report(gold, pred)[1], entity_report(gold, pred)[1]
+    tags = sorted({t for row in gold for t in row} - {"O"})
+    return {"token accuracy = micro F1 (with O)": tokens["accuracy"],
+            "token weighted F1 (with O)": tokens["weighted avg"]["f1-score"],
+            f"token macro F1 ({len(tags)} tags, no O)": sum(tokens.get(t, {"f1-score": 0.0})["f1-score"]
+                                                           for t in tags) / max(len(tags), 1),
+            "entity F1, strict IOB2": ents["micro avg"]["f1-score"]}
+
+
+def entities(tags: Sequence[Sequence[str]]) -> list[set[tuple[int, int, str]]]:
+    """The strict-IOB2 entities of each sentence as {(start, end, type)} (end exclusive); ill-formed runs are none."""
+    from seqeval.scheme import IOB2, Entities
+
+    return [{(e.start, e.end, e.tag) for e in sent} for sent in Entities([list(t) for t in tags], IOB2).entities]
+
+
+def entity_errors(words: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
+                  pred: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """Every entity not matched exactly, classed as type, boundary, boundary+type, missed (gold) or spurious (pred)."""
+    rows = []
+    for s, (g_set, p_set) in enumerate(zip(entities(gold), entities(pred))):
+        text = lambda e: " ".join(words[s][e[0]:e[1]]) if e else ""  # noqa: E731
+        for g in sorted(g_set - p_set):
+            over = [p for p in sorted(p_set - g_set) if p[0] < g[1] and g[0] < p[1]]
+            p = max(over, key=lambda p: min(p[1], g[1]) - max(p[0], g[0]), default=None)
+            kind = ("missed" if p is None else "type" if p[:2] == g[:2] else
+                    "boundary" if p[2] == g[2] else "boundary+type")
+            rows.append({"kind": kind, "sentence": s, "gold": text(g), "gold_type": g[2],
+                         "predicted": text(p), "predicted_type": p[2] if p else ""})
+        for p in sorted(p_set - g_set):
+            if not any(p[0] < g[1] and g[0] < p[1] for g in g_set):
+                rows.append({"kind": "spurious", "sentence": s, "gold": "", "gold_type": "",
+                             "predicted": text(p), "predicted_type": p[2]})
+    return rows
+
+
+def entity_word_errors(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """One row per word of a gold entity: its type, position in the entity (0 = first), entity length, correct."""
+    rows = []
+    for s, g_set in enumerate(entities(gold)):
+        for start, end, kind in sorted(g_set):
+            for k in range(start, end):
+                rows.append({"type": kind, "position": k - start, "length": end - start,
+                             "correct": pred[s][k] == gold[s][k]})
+    return rows
+
+
+def invalid_starts(tags: Sequence[Sequence[str]]) -> int:
+    """Number of I-X tags that follow neither B-X nor I-X: ill-formed in IOB2, so strict scoring drops them."""
+    n = 0
+    for row in tags:
+        prev = "O"
+        for t in row:
+            n += t.startswith("I-") and prev[2:] != t[2:]
+            prev = t
+    return n
+
+
+def tag_counts(tags: Sequence[Sequence[str]]) -> Counter:
+    """How often each tag occurs."""
+    return Counter(t for row in tags for t in row)
