@@ -1,0 +1,130 @@
+"""lib.prompting: the shared-prefix scorer against naive scoring, calibration, demonstrations, metrics, templates."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from lib.losses import verbalizer_logprobs
+from lib.prompting import (LabelScores, Template, apply_calibration, calibrate, evaluate_template, few_shot_prompt,
+                           load_templates, metrics, score_labels, score_naive)
+
+PROMPTS = ["Review: a gorgeous, witty film\nSentiment:", "Review: bad\nSentiment:",
+           "Review: it is long and {quite} boring in the middle third\nSentiment:"]
+CONTS = [" negative", " positive", " card arrival", " a very bad movie indeed"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from lib.models import load_tokenizer
+
+    try:
+        return load_tokenizer("gpt2")
+    except Exception as e:  # noqa: BLE001 - no local GPT-2 tokenizer and no hub
+        pytest.skip(f"GPT-2 tokenizer unavailable: {e}")
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model(request, tok):
+    torch.manual_seed(0)
+    if request.param == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)).eval()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("prefix", ["", "Review: nice\nSentiment: positive\n\n"])
+def test_shared_prefix_scores_equal_naive_scores(model, tok, prefix):
+    fast = score_labels(model, tok, PROMPTS, CONTS, prefix=prefix, batch_size=2, max_rows=3, progress=False)
+    slow = score_naive(model, tok, PROMPTS, CONTS, prefix=prefix)
+    assert fast.summed.shape == (3, 4) and torch.all(fast.summed < 0)
+    assert (fast.summed - slow.summed).abs().max() <= 1e-4
+    assert fast.n_tokens.tolist() == [len(tok(c)["input_ids"]) for c in CONTS]
+
+
+def test_shared_prefix_agrees_with_the_verbalizer_of_lib_losses(model, tok):
+    texts, template = ["good film", "bad film", "meh"], "Review: {text}\nSentiment:"
+    ours = score_labels(model, tok, [template.format(text=t) for t in texts], CONTS[:3], progress=False).summed
+    assert torch.allclose(ours, verbalizer_logprobs(model, tok, texts, template, CONTS[:3]), atol=1e-4)
+
+
+def test_length_normalisation_and_synonyms():
+    s = LabelScores(torch.tensor([[-2.0, -6.0, -3.0]]), torch.tensor([1.0, 3.0, 1.0]), torch.tensor([4.0, 12.0, 6.0]),
+                    groups=[0, 1, 1])
+    assert torch.allclose(s.get("sum"), torch.tensor([[-2.0, math.log(math.exp(-6) + math.exp(-3))]]))
+    assert torch.allclose(s.get("token")[0, 0], torch.tensor(-2.0)) and torch.allclose(s.get("char")[0, 0],
+                                                                                        torch.tensor(-0.5))
+    with pytest.raises(ValueError, match="method='mean'"):
+        s.get("mean")
+
+
+def test_calibration_divides_by_the_content_free_distribution():
+    scores = torch.log(torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.9, 0.1]]))
+    p_cf = calibrate(torch.log(torch.tensor([[0.8, 0.2], [0.6, 0.4]])))
+    assert torch.allclose(p_cf, torch.tensor([0.7, 0.3]))
+    cal = apply_calibration(scores, p_cf).exp()
+    expected = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.9, 0.1]]) / p_cf  # W p with W = diag(p_cf)^-1
+    assert torch.allclose(cal, expected / expected.sum(1, keepdim=True), atol=1e-6)
+    assert cal.argmax(1).tolist() == [0, 1, 0]  # the second row flips: its raw 0.6 is below the bias 0.7
+    assert torch.allclose(apply_calibration(scores, torch.tensor([0.5, 0.5])), scores, atol=1e-6)
+
+
+def test_few_shot_prompt_is_seeded_and_uses_the_verbalizer():
+    t = Template("t", "R: {text}\nS:", {"neg": (" bad",), "pos": (" good", " great")}, instruction="Rate it.")
+    pool = [(f"text {i}", "pos" if i % 2 else "neg") for i in range(10)]
+    a, b, c = few_shot_prompt(t, pool, 3, seed=1), few_shot_prompt(t, pool, 3, seed=1), few_shot_prompt(t, pool, 3, 2)
+    assert a == b and a != c and a.startswith("Rate it.\n\n") and a.count("\nS:") == 3 and a.endswith("\n\n")
+    assert " great" not in a and few_shot_prompt(t.lower(), pool, 0, 0) == "rate it.\n\n"
+    with pytest.raises(ValueError, match="k=11"):
+        few_shot_prompt(t, pool, 11, 0)
+
+
+def test_metrics_by_hand():
+    m = metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 1], 3)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [0, 1, 0]]
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # F1 per class: 2/3, 2*0.5*1/1.5, 0
+
+
+def test_templates_load_for_every_task(real_data):
+    from lib.data import load_classification
+
+    for task in ("sst2", "ag_news", "banking77"):
+        names = load_classification(task).features["label"].names
+        templates = load_templates(task, names)
+        assert len(templates) >= 5 and all(t.labels == names for t in templates)
+    bank = load_templates("banking77", load_classification("banking77").features["label"].names)[0]
+    assert bank.verbalizer["card_arrival"] == (" card arrival",)
+
+
+def test_bad_template_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("sst2:\n  verbalizer: {negative: ' no'}\n  templates:\n    - name: a\n      text: '{text} S:'\n")
+    with pytest.raises(ValueError, match=r"t\.yaml:4: verbalizer must"):
+        load_templates("sst2", ["negative", "positive"], bad)
+    bad.write_text("sst2:\n  templates:\n    - name: a\n      text: 'no slot'\n")
+    with pytest.raises(ValueError, match=r"t\.yaml:3: a template needs"):
+        load_templates("sst2", ["negative", "positive"], bad)
+    with pytest.raises(KeyError, match="no task 'cola'"):
+        load_templates("cola", ["a"], bad)
+
+
+def test_evaluate_template_end_to_end(model, tok):
+    t = Template("t", "Review: {text}\nSentiment:", {"neg": (" bad",), "pos": (" good movie",)})
+    texts, labels = ["Fine", "AWFUL", "great", "dull"], [1, 0, 1, 0]
+    res = evaluate_template(model, tok, t, texts, labels, demos=[("ok", "pos"), ("meh", "neg")], k=2, seed=0,
+                            lowercase=True, progress=False)
+    assert res["n"] == 4 and len(res["pred"]) == 4 and len(res["pred_cal"]) == 4
+    assert sum(map(sum, res["confusion_cal"])) == 4 and math.isclose(sum(res["p_cf"]), 1, rel_tol=1e-5)
+    assert res["scores"].summed.shape == (4, 2) and res["cf_scores"].summed.shape == (3, 2)
+
+
+def test_too_long_prompt_is_refused(tok):
+    small = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=1, n_embd=8, n_positions=8)).eval()
+    with pytest.raises(ValueError, match="exceeds the model's 8 positions"):
+        score_labels(small, tok, ["one two three four five six seven eight"], [" nine"], progress=False)
+    with pytest.raises(ValueError, match=r"prompts \(0\)"):
+        score_labels(small, tok, [], [" nine"], progress=False)
