@@ -75,12 +75,12 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def _logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """float32 logits of the input positions (a soft-prompt model's virtual-token positions come first: dropped)."""
     return model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:].float()
 
 
+@torch.no_grad()
 def sequence_nll(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                  desc: str = "scoring") -> torch.Tensor:
     """Summed NLL of the unmasked targets of every row of every (input_ids, attention_mask, labels) batch."""

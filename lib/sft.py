@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from lib.generation import stream_ids
 from lib.losses import IGNORE_INDEX
 from lib.models import plain_weights  # noqa: F401  (re-exported: notebook 04 imports it from here)
 
@@ -142,25 +143,18 @@ def end_ids(tokenizer) -> set[int]:
     return ids
 
 
-@torch.no_grad()
 def chat_turn(model, tokenizer, messages: Sequence[Message], max_new_tokens: int = 40,
               prefix: str = "") -> tuple[str, str]:
     """(greedy reply after a forced `prefix`, how it ended: "end marker", "eos" or "length")."""
-    model.eval()
-    device = next(model.parameters()).device
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 10 ** 9)
     ids = render_ids(ensure_chat_template(tokenizer), messages, add_generation_prompt=True)
     ids += tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    stop, new, cache, out = end_ids(tokenizer), [], None, torch.tensor([ids], device=device)
-    ended = "length"
-    for _ in range(min(max_new_tokens, limit - len(ids))):
-        res = model(input_ids=out if cache is None else out[:, -1:], cache=cache, use_cache=True)
-        cache, nxt = res.cache, res.logits[:, -1].argmax(-1, keepdim=True)
-        if nxt.item() in stop:
-            ended = "eos" if nxt.item() == tokenizer.eos_token_id and tokenizer.eos_token != END_TEXT else "end marker"
+    stop, new, ended = end_ids(tokenizer), [], "length"
+    for nxt in stream_ids(model, ids, min(max_new_tokens, limit - len(ids))):  # greedy; stops are seen here
+        if nxt in stop:
+            ended = "eos" if nxt == tokenizer.eos_token_id and tokenizer.eos_token != END_TEXT else "end marker"
             break
-        new.append(nxt.item())
-        out = torch.cat([out, nxt], dim=1)
+        new.append(nxt)
         if tokenizer.decode(new).endswith(END_TEXT):  # plain-text marker (GPT-2 fallback)
             ended = "end marker"
             break

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from lib.losses import IGNORE_INDEX
+from lib.losses import IGNORE_INDEX, verbalizer_logprobs
+from lib.training import collate, train
 
 INITS = ("text", "vocab", "random")
 
@@ -84,18 +86,12 @@ def label_words(template) -> list[str]:
 
 def predict(model, tokenizer, template, texts: Sequence[str], batch_size: int = 16) -> list[int]:
     """The label whose word is most likely after the filled template (works for soft-prompt and LoRA models)."""
-    from lib.losses import verbalizer_logprobs
-
     scores = verbalizer_logprobs(model, tokenizer, texts, template.text, label_words(template), batch_size)
     return scores.argmax(1).tolist()
 
 
 def fit(model, examples: Sequence[dict], cfg, pad_id: int) -> tuple[list[dict], float]:
     """Train through lib.training.train; (history rows, wall seconds)."""
-    from functools import partial
-
-    from lib.training import collate, train
-
     start = time.perf_counter()
     history = train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
     return history, time.perf_counter() - start
