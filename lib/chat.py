@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from lib.data import REPO_ROOT
 from lib.generation import stream_ids
+from lib.models import context_length
 from lib.sft import END_TEXT, Message, end_ids, ensure_chat_template, render_ids
 
 
@@ -33,12 +34,6 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: expected > 0")
-
-
-def model_context(model) -> int:
-    """The model's context length in tokens (n_positions or max_position_embeddings)."""
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 2048
 
 
 def fit_context(tokenizer, system: str | None, turns: Sequence[Message], budget: int) -> tuple[list[Message], int]:
@@ -81,7 +76,7 @@ class ChatSession:
 
     def __post_init__(self) -> None:
         ensure_chat_template(self.tokenizer)
-        limit = model_context(self.model)
+        limit = context_length(self.model) or 2048
         self.max_context = min(self.max_context or limit, limit)
         if self.max_context <= self.settings.max_new_tokens:
             raise ValueError(f"max_context={self.max_context}: expected more than max_new_tokens="

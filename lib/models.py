@@ -124,6 +124,12 @@ def load_token_classifier(name: str, labels: list[str], device: str = "cpu"):
     return model.to(device)
 
 
+def context_length(model) -> int | None:
+    """The model's context in tokens: n_positions (GPT-2) or max_position_embeddings (Llama, ...); None if neither."""
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
 def count_parameters(model, trainable_only: bool = False) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -17,6 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from lib.losses import mask_prompt, pad_batch, pad_id_of, sequence_nll
+from lib.models import context_length
 
 TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate Before Use"
@@ -127,7 +128,7 @@ def _segments(tokenizer, prompts: Sequence[str], continuations: Sequence[str], p
 
 
 def _check_length(model, longest: int) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = context_length(model)
     if limit and longest > limit:
         raise ValueError(f"a prompt + continuation of {longest} tokens exceeds the model's {limit} positions; "
                          "use fewer demonstrations (k) or shorter inputs")

@@ -15,7 +15,7 @@ import torch
 
 from lib.generation import stream_ids
 from lib.losses import IGNORE_INDEX
-from lib.models import plain_weights  # noqa: F401  (re-exported: notebook 04 imports it from here)
+from lib.models import context_length, plain_weights  # noqa: F401  (re-exported: notebook 04 imports it from here)
 
 END_TEXT = "<|im_end|>"
 Message = Mapping[str, str]
@@ -146,7 +146,7 @@ def end_ids(tokenizer) -> set[int]:
 def chat_turn(model, tokenizer, messages: Sequence[Message], max_new_tokens: int = 40,
               prefix: str = "") -> tuple[str, str]:
     """(greedy reply after a forced `prefix`, how it ended: "end marker", "eos" or "length")."""
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 10 ** 9)
+    limit = context_length(model) or 10 ** 9
     ids = render_ids(ensure_chat_template(tokenizer), messages, add_generation_prompt=True)
     ids += tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     stop, new, ended = end_ids(tokenizer), [], "length"

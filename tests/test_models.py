@@ -52,3 +52,13 @@ def test_unknown_and_offline_hub_models():
         load_causal_lm("gtp2")
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE=1"):
         load_causal_lm("gpt2")
+
+
+def test_context_length_reads_either_config_name():
+    from types import SimpleNamespace
+
+    from lib.models import context_length
+
+    assert context_length(SimpleNamespace(config=SimpleNamespace(n_positions=64))) == 64
+    assert context_length(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=8192))) == 8192
+    assert context_length(SimpleNamespace(config=SimpleNamespace())) is None
