@@ -1,0 +1,65 @@
+"""Uncertainty of measured numbers: 95% intervals for accuracy and F1, and paired tests of two systems."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (accuracy, recall, a rate) from `successes` out of `n`."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: expected 0 <= successes <= n and n > 0, got {successes} of {n}")
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_interval(correct: Sequence[bool], level: float = 0.95) -> tuple[float, float, float]:
+    """(accuracy, low, high): the share of True in `correct` with its Wilson interval."""
+    c = np.asarray(correct, dtype=bool)
+    return (float(c.mean()), *wilson_interval(int(c.sum()), len(c), level))
+
+
+def bootstrap_interval(metric: Callable[[np.ndarray], float], n_items: int, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(value, low, high): `metric(indices)` on all items, and its percentile interval over items resampled."""
+    if n_items <= 0:
+        raise ValueError("bootstrap_interval: expected at least one item")
+    rng = np.random.default_rng(seed)
+    full = float(metric(np.arange(n_items)))
+    boots = [metric(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return full, float(lo), float(hi)
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar p-value for two systems scored on the same examples."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar: expected paired results of one length, got {a.shape} and {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
+                     n_items: int, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(difference a - b on all items, two-sided p-value) from resampling the same items for both systems."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n_items)
+    diff = float(metric_a(idx) - metric_b(idx))
+    deltas = np.array([metric_a(s) - metric_b(s) for s in (rng.integers(0, n_items, n_items)
+                                                           for _ in range(n_boot))])
+    # share of resamples on the other side of zero, doubled (the percentile-interval test of Koehn 2004)
+    p = 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))
+    return diff, min(1.0, p)
+
+
+def fmt_interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    """'0.812 [0.770, 0.850]' for tables and prose."""
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

@@ -1,0 +1,43 @@
+"""lib.stats: intervals and paired tests checked against values computed by hand."""
+import numpy as np
+import pytest
+
+from lib.stats import accuracy_interval, bootstrap_interval, fmt_interval, mcnemar, paired_bootstrap, wilson_interval
+
+
+def test_wilson_matches_the_textbook_value():
+    lo, hi = wilson_interval(8, 10)  # Newcombe (1998), 8/10: 0.490 to 0.943
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+
+
+def test_wilson_stays_inside_zero_one_and_rejects_bad_counts():
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(6, 5)
+
+
+def test_accuracy_interval_contains_the_accuracy():
+    acc, lo, hi = accuracy_interval([True] * 30 + [False] * 10)
+    assert acc == 0.75 and lo < acc < hi
+
+
+def test_mcnemar_exact_p_value():
+    a = np.array([True] * 9 + [False] * 1 + [True] * 20)
+    b = np.array([False] * 9 + [True] * 1 + [True] * 20)
+    assert mcnemar(a, b) == pytest.approx(2 * 11 / 1024)  # 9 vs 1 discordant: 2 * P(X <= 1 | 10, 1/2)
+    assert mcnemar(a, a) == 1.0
+
+
+def test_bootstrap_and_paired_bootstrap():
+    y = np.array([1] * 50 + [0] * 50)
+    good, bad = y.copy(), 1 - y
+    value, lo, hi = bootstrap_interval(lambda i: (good[i] == y[i]).mean(), len(y))
+    assert value == 1.0 and lo == hi == 1.0
+    diff, p = paired_bootstrap(lambda i: (good[i] == y[i]).mean(), lambda i: (bad[i] == y[i]).mean(), len(y))
+    assert diff == 1.0 and p == 0.0
+    same, p_same = paired_bootstrap(lambda i: (good[i] == y[i]).mean(), lambda i: (good[i] == y[i]).mean(), len(y))
+    assert same == 0.0 and p_same == 1.0
+
+
+def test_fmt_interval():
+    assert fmt_interval(0.8125, 0.75, 0.875) == "0.812 [0.750, 0.875]"
