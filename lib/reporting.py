@@ -50,11 +50,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Fill a temp folder beside `path`; on success it replaces `path` whole, on error nothing changes."""
+    """Fill a temp folder beside `path`; on success it replaces `path` whole; on any failure the old one survives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.parent / f".{path.name}.old.tmp"
+    if old.exists():  # a crash between the two renames below left the old folder aside
+        if path.exists():
+            shutil.rmtree(old)  # the new folder made it: the old one is stale
+        else:
+            os.replace(old, path)  # the new one did not: put the old one back
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         for f in tmp.rglob("*"):  # on disk before the rename makes it visible
@@ -62,12 +67,16 @@ def atomic_dir(path: Path) -> Iterator[Path]:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if path.exists():  # a non-empty folder cannot be replaced in one step: move it aside first
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists():
+                os.replace(old, path)  # if this fails too, the next atomic_dir(path) puts it back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

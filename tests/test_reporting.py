@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lib.reporting import atomic_write_text, load_ledger, record
+from lib.reporting import atomic_dir, atomic_write_text, load_ledger, record
 
 
 @pytest.fixture
@@ -37,3 +37,48 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path, monkeypat
     with pytest.raises(OSError):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def _fill(path, text: str) -> None:
+    with atomic_dir(path) as tmp:
+        (tmp / "a.txt").write_text(text)
+
+
+def _failing_replace(monkeypatch, failing: set[int]) -> None:
+    """os.replace fails on its calls numbered in `failing` (1-based; the first moves the old folder aside)."""
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) in failing:
+            raise OSError("disk full")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_atomic_dir_keeps_the_old_folder_when_the_second_rename_fails(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    _fill(target, "old")
+    _failing_replace(monkeypatch, {2})  # old -> aside works, new -> target fails, old -> back works
+    with pytest.raises(OSError, match="disk full"):
+        _fill(target, "new")
+    assert (target / "a.txt").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_atomic_dir_puts_the_old_folder_back_after_a_crash_between_the_renames(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    _fill(target, "old")
+    with monkeypatch.context() as m:
+        _failing_replace(m, {2, 3})  # the swap fails and so does putting the old folder back: as if killed there
+        with pytest.raises(OSError):
+            _fill(target, "new")
+    assert not target.exists() and (tmp_path / ".ckpt.old.tmp" / "a.txt").read_text() == "old"
+    with pytest.raises(ZeroDivisionError):  # the next write, even a failing one, restores the old folder first
+        with atomic_dir(target):
+            1 / 0
+    assert (target / "a.txt").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    _fill(target, "new")
+    assert (target / "a.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    (tmp_path / ".ckpt.old.tmp").mkdir()  # killed after the swap, before the clean-up: a stale old folder
+    _fill(target, "newer")
+    assert (target / "a.txt").read_text() == "newer" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
