@@ -12,6 +12,7 @@ from collections import Counter
 from functools import partial
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from lib.losses import IGNORE_INDEX
@@ -221,13 +222,14 @@ def entity_errors(words: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
 
 
 def entity_word_errors(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
-    """One row per word of a gold entity: its type, position in the entity (0 = first), entity length, correct."""
+    """One row per word of a gold entity: its type, position in the entity (0 = first), entity length, gold tag,
+    correct, and the entity it belongs to (sentence, start)."""
     rows = []
     for s, g_set in enumerate(entities(gold)):
         for start, end, kind in sorted(g_set):
             for k in range(start, end):
-                rows.append({"type": kind, "position": k - start, "length": end - start,
-                             "correct": pred[s][k] == gold[s][k]})
+                rows.append({"type": kind, "position": k - start, "length": end - start, "tag": gold[s][k],
+                             "correct": pred[s][k] == gold[s][k], "sentence": s, "start": start})
     return rows
 
 
@@ -245,3 +247,106 @@ def invalid_starts(tags: Sequence[Sequence[str]]) -> int:
 def tag_counts(tags: Sequence[Sequence[str]]) -> Counter:
     """How often each tag occurs."""
     return Counter(t for row in tags for t in row)
+
+
+# ---------------------------------------------------------------- uncertainty: per-sentence counts, bootstrap
+
+def entity_types(names: Sequence[str]) -> list[str]:
+    """The entity types of IOB2 tag names, in seqeval's report order (alphabetical): LOC, MISC, ORG, PER."""
+    return sorted({n[2:] for n in names if n[:2] in ("B-", "I-")})
+
+
+def entity_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], types: Sequence[str],
+                  strict: bool = True) -> np.ndarray:
+    """Entity (tp, fp, fn) per sentence and type, shape (sentences, types, 3): strict IOB2, or conlleval chunks.
+
+    Summed over any set of sentences they give seqeval's scores on those sentences, so a bootstrap over sentences
+    resamples rows of this array instead of running seqeval again.
+    """
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted ones")
+    if strict:
+        g_sets, p_sets = entities(gold), entities(pred)
+    else:  # seqeval's default mode: an I-X after O or another type starts an entity, as in conlleval
+        g_sets, p_sets = ([{(a, b + 1, t) for t, a, b in get_entities(list(row))} for row in tags]
+                          for tags in (gold, pred))
+    col = {t: k for k, t in enumerate(types)}
+    out = np.zeros((len(gold), len(types), 3), dtype=np.int64)
+    for s, (g, p) in enumerate(zip(g_sets, p_sets)):
+        for j, found in enumerate((p & g, p - g, g - p)):
+            for e in found:
+                if e[2] not in col:
+                    raise ValueError(f"sentence {s}: entity type {e[2]!r} is not one of {list(types)}")
+                out[s, col[e[2]], j] += 1
+    return out
+
+
+def word_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], names: Sequence[str]) -> np.ndarray:
+    """Word-tag (tp, fp, fn) per sentence and tag, `O` included, shape (sentences, tags, 3)."""
+    index = {n: k for k, n in enumerate(names)}
+    out = np.zeros((len(gold), len(names), 3), dtype=np.int64)
+    for s, (g_row, p_row) in enumerate(zip(gold, pred, strict=True)):
+        if len(g_row) != len(p_row):
+            raise ValueError(f"sentence {s}: {len(g_row)} gold tags but {len(p_row)} predicted tags")
+        for g, p in zip(g_row, p_row):
+            if g == p:
+                out[s, index[g], 0] += 1
+            else:
+                out[s, index[p], 1] += 1
+                out[s, index[g], 2] += 1
+    return out
+
+
+def f1_of(counts: np.ndarray) -> float:
+    """F1 of (tp, fp, fn) counts summed over every leading axis: 2tp / (2tp + fp + fn), 0 when tp = 0 (seqeval's)."""
+    tp, fp, fn = np.asarray(counts).reshape(-1, 3).sum(0)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+
+
+def views_from_counts(words: np.ndarray, ents: np.ndarray, names: Sequence[str],
+                      macro_tags: Sequence[str]) -> dict[str, float]:
+    """score_views from per-sentence counts (word_counts, strict entity_counts); macro F1 over `macro_tags`."""
+    tp, fp, fn = words.sum(0).T
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(names)), where=tp > 0)
+    support = tp + fn
+    macro = [f1[list(names).index(t)] for t in macro_tags]
+    return {"token accuracy = micro F1 (with O)": float(tp.sum() / support.sum()),
+            "token weighted F1 (with O)": float((support * f1).sum() / support.sum()),
+            f"token macro F1 ({len(macro)} tags, no O)": float(np.mean(macro)) if macro else 0.0,
+            "entity F1, strict IOB2": f1_of(ents)}
+
+
+def views_with_intervals(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], names: Sequence[str],
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """score_views, each view as (value, low, high) with its 95% bootstrap interval over test sentences."""
+    from lib.stats import bootstrap_interval
+
+    words, ents = word_counts(gold, pred, names), entity_counts(gold, pred, entity_types(names))
+    macro = sorted({t for row in gold for t in row} - {"O"})
+    view = lambda i: views_from_counts(words[i], ents[i], names, macro)  # noqa: E731
+    return {k: bootstrap_interval(lambda i, k=k: view(i)[k], len(gold), n_boot, seed)
+            for k in view(np.arange(len(gold)))}
+
+
+def f1_intervals(counts: np.ndarray, types: Sequence[str], n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Entity F1 per type and micro-averaged ('micro avg') from entity_counts, each with its 95% bootstrap interval."""
+    from lib.stats import bootstrap_interval
+
+    cols = {**{t: k for k, t in enumerate(types)}, "micro avg": slice(None)}
+    return {t: bootstrap_interval(lambda i, c=c: f1_of(counts[i, c]), len(counts), n_boot, seed)
+            for t, c in cols.items()}
+
+
+def paired_f1_tests(counts_a: np.ndarray, counts_b: np.ndarray, types: Sequence[str], n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, tuple[float, float]]:
+    """(F1 of a minus F1 of b, paired-bootstrap p) per type and micro-averaged; one resample of sentences for both."""
+    from lib.stats import paired_bootstrap
+
+    if counts_a.shape != counts_b.shape:
+        raise ValueError(f"paired counts of one shape expected, got {counts_a.shape} and {counts_b.shape}")
+    cols = {**{t: k for k, t in enumerate(types)}, "micro avg": slice(None)}
+    return {t: paired_bootstrap(lambda i, c=c: f1_of(counts_a[i, c]), lambda i, c=c: f1_of(counts_b[i, c]),
+                                len(counts_a), n_boot, seed) for t, c in cols.items()}

@@ -126,24 +126,45 @@ def load_ledger(profile: str) -> dict[str, Any]:
 
 
 def _plain(v: Any) -> Any:
-    """NumPy/torch scalars to plain Python numbers, so that the ledger is plain JSON."""
+    """NumPy/torch scalars (also inside lists and tuples) to plain Python numbers, so that the ledger is plain JSON."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
         v = v.item()
     return v
 
 
+# The kinds of number a ledger entry keeps apart from what the run measured ("metrics"), each as
+# {metric name: {"value": v, "source": s}}; the summary shows one column per kind, named here.
+KINDS = {"baselines": "chance / theory", "references": "published by others", "claims": "claimed, unverified",
+         "targets": "target"}
+Noted = Mapping[str, tuple[float, str]]
+
+
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
-           references: Mapping[str, tuple[float, str]] | None = None) -> dict[str, Any]:
+           references: Noted | None = None, targets: Noted | None = None, claims: Noted | None = None,
+           baselines: Noted | None = None) -> dict[str, Any]:
     """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json (merged, written atomically).
 
-    `key` names the metrics the summary shows; `references` maps a metric to (published value, source).
+    `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
+    is shown as the interval of `<name>`). Numbers of other kinds map a metric name to (value, source) and are kept
+    apart: `references` published by others (source: the citation), `claims` reported by a source we could not
+    check, such as the seed article (source: who claims it, where), `baselines` what chance or theory gives (source:
+    the derivation), `targets` what the workbook aims at (source: why, and for which profile or model).
     """
     nb, profile = cfg["notebook"], cfg["profile"]
+    noted = {"references": references, "targets": targets, "claims": claims, "baselines": baselines}
+    for kind, values in noted.items():
+        for name, pair in (values or {}).items():
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str) and pair[1].strip()):
+                raise ValueError(f"{kind}[{name!r}]: expected (value, source) with a non-empty source, got {pair!r}")
     ledger = load_ledger(profile)
-    entry = ledger.get(nb, {"metrics": {}, "key": [], "references": {}})
+    entry = ledger.get(nb, {"metrics": {}, "key": []})
     entry["metrics"].update({k: _plain(v) for k, v in metrics.items()})
     entry["key"] = list(dict.fromkeys([*entry["key"], *key]))
-    entry["references"].update({k: {"value": v, "source": s} for k, (v, s) in (references or {}).items()})
+    for kind, values in noted.items():
+        entry.setdefault(kind, {}).update({k: {"value": _plain(v), "source": src}
+                                           for k, (v, src) in (values or {}).items()})
     entry["fingerprint"] = fingerprint(cfg)
     ledger[nb] = entry
     atomic_write_json(report_dir(profile) / "metrics.json", ledger)

@@ -16,7 +16,8 @@ import yaml
 
 from lib.config import PROFILE_NAMES, ParameterError, notebook_knobs, validate
 from lib.data import REPO_ROOT
-from lib.reporting import atomic_write_bytes, atomic_write_json, atomic_write_text, load_ledger, report_dir
+from lib.reporting import (KINDS, atomic_write_bytes, atomic_write_json, atomic_write_text, load_ledger,
+                           report_dir)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -103,24 +104,51 @@ def _fmt(v: Any) -> str:
 def note_run(profile: str, notebook: str, status: str, seconds: float) -> None:
     """Keep a notebook's last status and wall time in the ledger, beside its metrics."""
     ledger = load_ledger(profile)
-    ledger.setdefault(notebook, {"metrics": {}, "key": [], "references": {}})["run"] = \
+    ledger.setdefault(notebook, {"metrics": {}, "key": []})["run"] = \
         {"status": status, "seconds": round(seconds, 1)}
     atomic_write_json(report_dir(profile) / "metrics.json", ledger)
 
 
+def _measured(metrics: dict[str, Any], name: str) -> str:
+    """A measured value, with its 95% interval when the ledger has `<name>_ci95` = [low, high]."""
+    ci = metrics.get(f"{name}_ci95")
+    shown = _fmt(metrics[name])
+    return shown + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "")
+
+
+def _cell(text: str) -> str:
+    """Text that cannot break a markdown table row."""
+    return text.replace("|", "/").replace("\n", " ")
+
+
 def summary_markdown(profile: str) -> str:
-    """The summary table of every notebook in the ledger: status, wall time, key metrics, published references."""
+    """The summary of every notebook in the ledger: status, wall time and key measured metrics; then each number that
+    has a value of another kind (chance / theory, published by others, claimed, target) beside the measured one."""
     ledger = load_ledger(profile)
     lines = [f"# Workbook run: profile `{profile}`", "",
-             "| notebook | status | wall time | key metrics | published reference |", "|---|---|---|---|---|"]
-    for name in sorted(n for n, e in ledger.items() if "run" in e):
+             "| notebook | status | wall time | key metrics (measured in this run) |", "|---|---|---|---|"]
+    ran = sorted(n for n, e in ledger.items() if "run" in e)
+    for name in ran:
         entry = ledger[name]
         metrics = entry.get("metrics", {})
-        shown = "<br>".join(f"{k} = {_fmt(metrics[k])}" for k in entry.get("key", []) if k in metrics) or "–"
-        refs = entry.get("references", {})
-        ref = "<br>".join(f"{k}: {_fmt(r['value'])} ({r['source']})" for k, r in refs.items()) or "–"
-        status = entry["run"]["status"].replace("|", "/")
-        lines.append(f"| {name} | {status} | {entry['run']['seconds']:.1f} s | {shown} | {ref} |")
+        shown = "<br>".join(f"{k} = {_measured(metrics, k)}" for k in entry.get("key", []) if k in metrics) or "–"
+        status = _cell(entry["run"]["status"])
+        lines.append(f"| {name} | {status} | {entry['run']['seconds']:.1f} s | {shown} |")
+    kinds = [k for k in KINDS if any(ledger[n].get(k) for n in ran)]
+    if kinds:
+        lines += ["", "## Measured numbers beside other kinds of number", "",
+                  "Each kind has its own column and none stands in for another: *measured* in this run (with its "
+                  "95% interval where recorded), " + ", ".join(f"*{KINDS[k]}*" for k in kinds) + ".", "",
+                  "| notebook | number | measured | " + " | ".join(KINDS[k] for k in kinds) + " |",
+                  "|---|---|---|" + "---|" * len(kinds)]
+        for name in ran:
+            entry, metrics = ledger[name], ledger[name].get("metrics", {})
+            noted = [n for k in kinds for n in entry.get(k, {})]
+            for n in dict.fromkeys([*(k for k in entry.get("key", []) if k in noted), *noted]):
+                cells = [_cell(f"{_fmt(r['value'])} ({r['source']})") if (r := entry.get(k, {}).get(n)) else "–"
+                         for k in kinds]
+                lines.append(f"| {name} | {n} | {_measured(metrics, n) if n in metrics else '–'} | "
+                             + " | ".join(cells) + " |")
     by_commit: dict[str, list[str]] = {}
     for name, e in sorted(ledger.items()):
         if "fingerprint" in e:

@@ -206,3 +206,58 @@ def test_train_tagger_uses_the_gpt2_token_classifier_and_the_shared_core(tmp_pat
     model, hist = train_tagger(str(tmp_path / "tiny"), NAMES, examples, epochs=5, batch_size=2, lr=1e-2, progress=False)
     assert type(model).__name__ == "GPT2ForTokenClassification" and hist[-1]["step"] == 10
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def _random_tags(rng, n_sentences: int) -> list[list[str]]:
+    """Tag sequences of every kind, ill-formed I- starts included, for comparisons with seqeval and sklearn."""
+    return [[NAMES[k] for k in rng.integers(0, len(NAMES), rng.integers(1, 9))] for _ in range(n_sentences)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_sentence_counts_give_seqeval_and_sklearn_scores_on_any_subset(seed):
+    import numpy as np
+    from seqeval.metrics import f1_score as conlleval_f1
+
+    from lib.ner import entity_counts, entity_types, f1_of, views_from_counts, word_counts
+
+    rng = np.random.default_rng(seed)
+    gold = [g for _, g in SENTENCES] + _random_tags(rng, 30)
+    pred = [[t if rng.random() < 0.6 else NAMES[rng.integers(len(NAMES))] for t in g] for g in gold]
+    types = entity_types(NAMES)
+    assert types == ["LOC", "MISC", "ORG", "PER"]
+    for idx in (np.arange(len(gold)), rng.integers(0, len(gold), len(gold))):  # all sentences, and a resample
+        g, p = [gold[i] for i in idx], [pred[i] for i in idx]
+        strict, lenient = entity_counts(gold, pred, types)[idx], entity_counts(gold, pred, types, strict=False)[idx]
+        report = entity_report(g, p)[1]
+        assert f1_of(strict) == pytest.approx(report["micro avg"]["f1-score"], abs=1e-12)
+        for k, t in enumerate(types):
+            assert f1_of(strict[:, k]) == pytest.approx(report.get(t, {"f1-score": 0.0})["f1-score"], abs=1e-12)
+        assert f1_of(lenient) == pytest.approx(conlleval_f1(g, p), abs=1e-12)
+        macro = sorted({t for row in g for t in row} - {"O"})
+        ours = views_from_counts(word_counts(gold, pred, NAMES)[idx], strict, NAMES, macro)
+        assert ours == pytest.approx(score_views(g, p), abs=1e-12)
+    assert f1_of(np.zeros((3, 4, 3))) == 0.0
+
+
+def test_bootstrap_intervals_and_paired_tests_of_entity_f1():
+    import numpy as np
+
+    from lib.ner import entity_counts, entity_types, f1_intervals, paired_f1_tests, views_with_intervals
+
+    rng = np.random.default_rng(0)
+    gold = _random_tags(rng, 200)
+    good = [[t if rng.random() < 0.95 else "O" for t in g] for g in gold]
+    bad = [[t if rng.random() < 0.3 else "O" for t in g] for g in gold]
+    types = entity_types(NAMES)
+    counts = {k: entity_counts(gold, p, types) for k, p in (("good", good), ("bad", bad))}
+    ci = f1_intervals(counts["good"], types, n_boot=200)
+    assert set(ci) == {*types, "micro avg"} and all(lo <= v <= hi for v, lo, hi in ci.values())
+    assert ci["micro avg"][0] == pytest.approx(entity_report(gold, good)[1]["micro avg"]["f1-score"])
+    diff, p = paired_f1_tests(counts["good"], counts["bad"], types, n_boot=200)["micro avg"]
+    assert diff > 0.3 and p < 0.05
+    assert paired_f1_tests(counts["good"], counts["good"], types, n_boot=200)["micro avg"] == (0.0, 1.0)
+    views = views_with_intervals(gold, good, NAMES, n_boot=200)
+    assert {k: v[0] for k, v in views.items()} == pytest.approx(score_views(gold, good), abs=1e-12)
+    assert all(lo <= v <= hi for v, lo, hi in views.values())
+    with pytest.raises(ValueError, match="paired counts of one shape"):
+        paired_f1_tests(counts["good"], counts["good"][:10], types)

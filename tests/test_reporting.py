@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from lib.reporting import atomic_dir, atomic_write_text, load_ledger, record
@@ -82,3 +83,26 @@ def test_atomic_dir_puts_the_old_folder_back_after_a_crash_between_the_renames(t
     (tmp_path / ".ckpt.old.tmp").mkdir()  # killed after the swap, before the clean-up: a stale old folder
     _fill(target, "newer")
     assert (target / "a.txt").read_text() == "newer" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_record_keeps_the_kinds_of_number_apart(reports):
+    cfg = {"notebook": "07_x", "profile": "smoke", "seed": 0}
+    record(cfg, {"f1": np.float64(0.43), "f1_ci95": (np.float64(0.41), 0.45)}, key=("f1",),
+           references={"f1": (0.924, "Devlin et al. 2019")}, targets={"f1": (0.9, "gpu profile, gpt2")},
+           claims={"acc": (0.973, "the seed article, §5.4")}, baselines={"acc": (0.825, "all-O tagger")})
+    entry = load_ledger("smoke")["07_x"]
+    assert entry["metrics"] == {"f1": 0.43, "f1_ci95": [0.41, 0.45]}
+    assert entry["references"] == {"f1": {"value": 0.924, "source": "Devlin et al. 2019"}}
+    assert entry["targets"] == {"f1": {"value": 0.9, "source": "gpu profile, gpt2"}}
+    assert entry["claims"] == {"acc": {"value": 0.973, "source": "the seed article, §5.4"}}
+    assert entry["baselines"] == {"acc": {"value": 0.825, "source": "all-O tagger"}}
+    record(cfg, {"g": 1}, references={"g": (2, "paper")})  # merged, the other kinds untouched
+    entry = load_ledger("smoke")["07_x"]
+    assert set(entry["references"]) == {"f1", "g"} and set(entry["targets"]) == {"f1"}
+
+
+@pytest.mark.parametrize("bad", [{"f1": 0.9}, {"f1": (0.9, "")}, {"f1": (0.9, "a", "b")}])
+def test_record_wants_a_source_for_every_number_of_another_kind(reports, bad):
+    with pytest.raises(ValueError, match=r"targets\['f1'\]: expected \(value, source\)"):
+        record({"notebook": "07_x", "profile": "smoke"}, {"f1": 0.4}, targets=bad)
+    assert load_ledger("smoke") == {}

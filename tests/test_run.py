@@ -71,3 +71,37 @@ def test_runner_keeps_going_marks_failures_and_writes_whole_files(tmp_path, monk
     assert main(["--profile", "smoke", "--notebooks", str(nbs), "--only", "02"]) == 0  # --only keeps other rows
     summary = (reports / "smoke" / "summary.md").read_text()
     assert "| 01_bad | failed" in summary and "| 02_good | ok |" in summary
+
+
+def test_summary_puts_each_kind_of_number_in_its_own_column(tmp_path, monkeypatch):
+    from lib.reporting import record
+    from lib.run import note_run, summary_markdown
+
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path))
+    cfg = {"notebook": "07_ner", "profile": "smoke", "seed": 0}
+    record(cfg, {"entity_f1": 0.43, "entity_f1_ci95": [0.41, 0.45], "token_acc": 0.886}, key=("entity_f1", "token_acc"),
+           references={"entity_f1": (0.924, "BERT-base, Devlin et al. 2019")},
+           targets={"best_f1": (0.9, "gpu profile, gpt2")}, claims={"token_acc": (0.973, "the seed article, §5.4")},
+           baselines={"token_acc": (0.825, "the all-O tagger")})
+    note_run("smoke", "07_ner", "ok", 1.0)
+    record({"notebook": "01_tok", "profile": "smoke", "seed": 0}, {"v": 1}, key=("v",))
+    note_run("smoke", "01_tok", "ok", 1.0)
+    lines = summary_markdown("smoke").splitlines()
+    assert "| 07_ner | ok | 1.0 s | entity_f1 = 0.43 [0.41, 0.45]<br>token_acc = 0.886 |" in lines
+    head = "| notebook | number | measured | chance / theory | published by others | claimed, unverified | target |"
+    rows = lines[lines.index(head) + 2:]
+    assert rows[:3] == [
+        "| 07_ner | entity_f1 | 0.43 [0.41, 0.45] | – | 0.924 (BERT-base, Devlin et al. 2019) | – | – |",
+        "| 07_ner | token_acc | 0.886 | 0.825 (the all-O tagger) | – | 0.973 (the seed article, §5.4) | – |",
+        "| 07_ner | best_f1 | – | – | – | – | 0.9 (gpu profile, gpt2) |"]
+    assert not any(r.startswith("| 01_tok") for r in rows)  # no other kind of number: no row
+
+
+def test_summary_without_other_kinds_of_number_has_no_second_table(tmp_path, monkeypatch):
+    from lib.reporting import record
+    from lib.run import note_run, summary_markdown
+
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path))
+    record({"notebook": "01_tok", "profile": "smoke", "seed": 0}, {"v": 1}, key=("v",))
+    note_run("smoke", "01_tok", "ok", 1.0)
+    assert "## Measured numbers beside" not in summary_markdown("smoke")
