@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from lib.data import REPO_ROOT
+from lib.data import REPO_ROOT, data_error, load_yaml
 from lib.generation import stream_ids
 from lib.models import context_length
 from lib.sft import END_TEXT, Message, end_ids, ensure_chat_template, render_ids
@@ -129,13 +129,20 @@ COHERENCE_PATH = REPO_ROOT / "safety" / "coherence.yaml"
 
 def load_scripts(path: str | Path = COHERENCE_PATH) -> tuple[dict[str, list[list[str]]], list[dict[str, Any]]]:
     """(filler exchanges per language, scripted dialogues) of the coherence test; a malformed file names the key."""
-    import yaml
-
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    raw = load_yaml(path)  # an empty file or a syntax error names file:line
+    if not isinstance(raw, dict):
+        raise data_error(path, 1, "expected a mapping with 'fillers' and 'dialogues', got "
+                                  + ("an empty document" if raw is None else type(raw).__name__))
     fillers, dialogues = raw.get("fillers"), raw.get("dialogues")
     if not isinstance(fillers, dict) or not isinstance(dialogues, list) or not dialogues:
         raise ValueError(f"{path}: expected 'fillers' (a mapping) and 'dialogues' (a non-empty list)")
+    for lang, pairs in fillers.items():
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2
+                                                  and all(isinstance(x, str) for x in p) for p in pairs):
+            raise ValueError(f"{path}: fillers.{lang}: expected a list of [question, answer] pairs of strings")
     for i, d in enumerate(dialogues):
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: dialogues[{i}]: expected a mapping with lang, fact, ack, question, answer")
         missing = {"lang", "fact", "ack", "question", "answer"} - set(d)
         if missing or d["lang"] not in fillers:
             raise ValueError(f"{path}: dialogues[{i}]: missing {sorted(missing)} or unknown lang {d.get('lang')!r}")

@@ -1,6 +1,7 @@
 """Notebook parameters: three profiles declared once, validated knobs, device choice and seeding."""
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -39,15 +40,20 @@ class Knob:
             if not isinstance(value, (list, tuple)) or not value:
                 raise ParameterError(f"{name}={value!r}: expected a non-empty list ({self.help})")
             value = [float(v) if self.item is float and type(v) is int else v for v in value]
-            what = "strings" if self.item is str else f"positive {self.item.__name__}s"
-            for v in value:
-                if type(v) is not self.item or (self.item is not str and v <= 0):
+            what = "strings" if self.item is str else f"positive {self.item.__name__}s" + \
+                (", none NaN or infinite" if self.item is float else "")
+            for k, v in enumerate(value):
+                if type(v) is not self.item or (self.item is not str and not 0 < v < math.inf):
                     raise ParameterError(f"{name}={value!r}: expected a list of {what} ({self.help})")
                 if self.choices is not None and v not in self.choices:
                     raise ParameterError(f"{name}={value!r}: expected items from {', '.join(self.choices)}")
+                if self.check is not None:
+                    _check_registry(f"{name}[{k}]", v, self.check)
             return value
         if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, self.kind):
             raise ParameterError(f"{name}={value!r}: expected {self.kind.__name__} ({self.help})")
+        if self.kind is float and not math.isfinite(value):
+            raise ParameterError(f"{name}={value!r}: expected a finite number, not NaN or infinity ({self.help})")
         if self.positive and value <= 0:
             raise ParameterError(f"{name}={value!r}: expected a value > 0 ({self.help})")
         if self.nonnegative and value < 0:
@@ -105,7 +111,7 @@ KNOBS: dict[str, Knob] = {
     "sft_dialogues": Knob(int, "chat conversations used for SFT (train + held out)", positive=True),
     "max_length": Knob(int, "longest token sequence kept for fine-tuning", positive=True),
     "eval_prompts": Knob(int, "held-out chat prompts shown and scored", positive=True),
-    "compare_models": Knob(list, "further models run through the SST-2 template sweep", item=str),
+    "compare_models": Knob(list, "further models run through the SST-2 template sweep", item=str, check="model"),
     "agnews_examples": Knob(int, "AG News test articles scored (seeded subsample of the 7,600)", positive=True),
     "banking_examples": Knob(int, "BANKING77 test queries scored (seeded subsample of the 3,080)", positive=True),
     "kshot_examples": Knob(int, "SST-2 dev sentences of the k-shot curve (seeded; the rest are demonstrations)",
@@ -258,7 +264,21 @@ def resolve(notebook: str, params: Mapping[str, Any]) -> Config:
     for name in sorted(notebook_knobs(notebook) - {"profile"}):
         value = params.get(name)
         cfg[name] = validate(name, defaults[name] if value is None else value)
+    check_together(cfg)
     return cfg
+
+
+def check_together(cfg: Mapping[str, Any]) -> None:
+    """Checks across knobs: the attention heads must split the width, of the main model and of every sweep model."""
+    heads = cfg.get("gpt_heads")
+    for name in ("gpt_dim", "sweep_dims"):
+        if heads is None or name not in cfg:
+            continue
+        widths = cfg[name] if isinstance(cfg[name], list) else [cfg[name]]
+        if bad := [w for w in widths if w % heads]:
+            raise ParameterError(f"gpt_heads={heads}, {name}={cfg[name]!r}: expected gpt_heads to divide every width "
+                                 f"(each head gets width / gpt_heads dimensions); "
+                                 f"{bad[0]} % {heads} = {bad[0] % heads}")
 
 
 def pick_device(device: str = "auto") -> str:

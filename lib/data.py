@@ -20,6 +20,11 @@ class DataFormatError(ValueError):
     """A local data file does not have the expected format; the message names file:line."""
 
 
+def data_error(path: Path | str, line: int, message: str) -> DataFormatError:
+    """The one shape of a file error: 'path:line: message' (line is 1-based)."""
+    return DataFormatError(f"{path}:{line}: {message}")
+
+
 class DataNotFoundError(FileNotFoundError):
     """Neither a local copy nor the hub could provide a dataset; the message says what to put where."""
 
@@ -99,8 +104,8 @@ def verify(root: Path | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------- reading files with file:line errors
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (line number, line without newline); bad UTF-8 or an empty file raise DataFormatError."""
-    raw = path.read_bytes()
+    """Yield (line number, line without newline); a UTF-8 BOM is dropped; bad UTF-8 or an empty file raise."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # the BOM is an encoding mark, not text
     if not raw.strip():
         raise DataFormatError(f"{path}:1: file is empty; expected data")
     for i, line in enumerate(raw.split(b"\n"), start=1):
@@ -109,6 +114,20 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
         except UnicodeDecodeError as e:
             raise DataFormatError(f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         yield i, text.rstrip("\r")
+
+
+def load_yaml(path: Path | str) -> object:
+    """A YAML file's content; a syntax error raises DataFormatError naming file:line and the parser's complaint."""
+    text = "\n".join(line for _, line in read_lines(Path(path)))
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark, start = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        context = getattr(e, "context", None)
+        what = ", ".join(filter(None, [f"{context} started at line {start.line + 1}" if context and start else context,
+                                       getattr(e, "problem", None)])) or str(e)
+        raise data_error(path, mark.line + 1 if mark else 1, f"not valid YAML ({what}); expected a YAML "
+                                                             "document") from None
 
 
 def _local(relpath: str) -> Path | None:
@@ -227,6 +246,8 @@ def _read_tsv(path: Path, spec: TsvSet) -> tuple[list[str], list[str]]:
         cols = line.split("\t")
         if len(cols) != 2:
             raise DataFormatError(f"{path}:{i}: expected 2 tab-separated columns (text, label), got {len(cols)}")
+        if not cols[0].strip():
+            raise data_error(path, i, f"empty text before the tab; expected a non-empty text (label {cols[1]!r})")
         texts.append(cols[0].strip())
         labels.append(cols[1].strip())
     return texts, labels
@@ -276,17 +297,44 @@ def _line_of_row(path: Path, header: bool, row: int) -> int:
 
 # ---------------------------------------------------------------- CoNLL-2003
 
-def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS) -> dict[str, list]:
-    """Parse a CoNLL-2003 file (TOKEN POS CHUNK NER, IOB2) into column lists per sentence."""
+IOB_SCHEMES = ("iob2", "iob1")
+
+
+def to_iob2(tag: str, prev: str, scheme: str = "iob2") -> str | None:
+    """`tag` in IOB2 given the previous IOB2 tag: an I-X that opens a chunk is None (ill-formed), or B-X for 'iob1'."""
+    if tag.startswith("I-") and not (prev[:2] in ("B-", "I-") and prev[2:] == tag[2:]):
+        return "B-" + tag[2:] if scheme == "iob1" else None
+    return tag
+
+
+def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS, scheme: str = "iob2") -> dict[str, list]:
+    """Parse a CoNLL-2003 file (TOKEN POS CHUNK NER) into column lists per sentence; chunk and NER tags come out IOB2.
+
+    scheme="iob2" (the default) is strict: an I-X tag that does not continue a B-X or I-X (after O, or after another
+    type) raises DataFormatError naming file:line. scheme="iob1" reads the original CoNLL-2003 distribution, where a
+    chunk starts with I-X and B-X only separates two adjacent chunks of one type, and converts it to IOB2.
+    """
+    if scheme not in IOB_SCHEMES:
+        raise ValueError(f"scheme={scheme!r}: expected one of {', '.join(IOB_SCHEMES)}")
     index = {t: k for k, t in enumerate(labels)}
     cols: dict[str, list] = {"tokens": [], "pos_tags": [], "chunk_tags": [], "ner_tags": []}
     cur: dict[str, list] = {k: [] for k in cols}
+    prev = {"chunk": "O", "NER": "O"}
 
     def flush() -> None:
+        prev.update(chunk="O", NER="O")
         if cur["tokens"]:
             for k in cols:
                 cols[k].append(cur[k][:])
                 cur[k].clear()
+
+    def iob2(i: int, column: str, tag: str) -> str:
+        out = to_iob2(tag, prev[column], scheme)
+        if out is None:
+            raise data_error(path, i, f"{column} tag {tag!r} after {prev[column]!r} is not IOB2 (a span starts with "
+                                      f"B-{tag[2:]}); expected IOB2, or pass scheme='iob1' to convert an IOB1 file")
+        prev[column] = out
+        return out
 
     for i, line in read_lines(path):
         if not line.strip():
@@ -303,8 +351,8 @@ def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS) -> dict[str, li
             raise DataFormatError(f"{path}:{i}: unknown NER tag {ner!r}; expected one of {', '.join(labels)}")
         cur["tokens"].append(tok)
         cur["pos_tags"].append(pos)
-        cur["chunk_tags"].append(chunk)
-        cur["ner_tags"].append(index[ner])
+        cur["chunk_tags"].append(iob2(i, "chunk", chunk))
+        cur["ner_tags"].append(index[iob2(i, "NER", ner)])
     flush()
     return cols
 
@@ -312,16 +360,22 @@ def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS) -> dict[str, li
 CONLL_SPLITS = {"train": "conll2003/train.txt", "validation": "conll2003/valid.txt", "test": "conll2003/test.txt"}
 
 
-def load_conll2003(split: str = "train") -> Dataset:
-    """CoNLL-2003 English NER: tokens, POS, chunk (strings) and IOB2 NER tags (ClassLabel ids)."""
+def load_conll2003(split: str = "train", scheme: str = "iob2") -> Dataset:
+    """CoNLL-2003 English NER: tokens, POS, chunk (strings) and IOB2 NER tags (ClassLabel ids).
+
+    The local copy is read strictly as IOB2 (ours is, see its README); pass scheme="iob1" for a copy of the original
+    IOB1 distribution, which `read_conll` converts. The hub copy is IOB2 already.
+    """
     if split not in CONLL_SPLITS:
         raise KeyError(f"CoNLL-2003 split {split!r}: expected one of {', '.join(CONLL_SPLITS)}")
+    if scheme not in IOB_SCHEMES:
+        raise ValueError(f"scheme={scheme!r}: expected one of {', '.join(IOB_SCHEMES)}")
     rel = CONLL_SPLITS[split]
     feats = Features({"tokens": List(Value("string")), "pos_tags": List(Value("string")),
                       "chunk_tags": List(Value("string")), "ner_tags": List(ClassLabel(names=CONLL_NER_LABELS))})
 
     def local() -> Dataset:
-        return Dataset.from_dict(read_conll(data_root() / rel), features=feats)
+        return Dataset.from_dict(read_conll(data_root() / rel, scheme=scheme), features=feats)
 
     def hub() -> Dataset:
         return _from_hub("eriktks/conll2003", split=split, revision="refs/convert/parquet")
@@ -340,12 +394,16 @@ DIALOGUES = {
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each non-blank line; a line that is not a JSON object raises DataFormatError."""
     for i, line in read_lines(path):
         if line.strip():
             try:
-                yield i, json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataFormatError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise data_error(path, i, f"expected a JSON object {{...}} per line, got a {type(rec).__name__}")
+            yield i, rec
 
 
 def _sgd(path: Path) -> list[list[dict]]:
@@ -362,12 +420,10 @@ def _sgd(path: Path) -> list[list[dict]]:
 def _chatterbot(folder: Path) -> list[list[dict]]:
     out = []
     for f in sorted(folder.glob("*.yml")):
-        text = "\n".join(line for _, line in read_lines(f))
-        try:
-            convs = yaml.safe_load(text).get("conversations", [])
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise DataFormatError(f"{f}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+        raw = load_yaml(f)
+        convs = raw.get("conversations", []) if isinstance(raw, dict) else None
+        if not isinstance(convs, list):
+            raise data_error(f, 1, "expected a mapping with 'conversations': a list of conversations")
         for conv in convs:
             turns = [str(t) for t in conv if t is not None]
             if len(turns) >= 2:
@@ -378,9 +434,15 @@ def _chatterbot(folder: Path) -> list[list[dict]]:
 def _self_instruct(path: Path) -> list[list[dict]]:
     out = []
     for i, rec in _jsonl(path):
-        if "instruction" not in rec or not rec.get("instances"):
-            raise DataFormatError(f"{path}:{i}: expected fields 'instruction' and 'instances'")
-        for inst in rec["instances"]:
+        if not isinstance(rec.get("instruction"), str) or not isinstance(rec.get("instances"), list) \
+                or not rec["instances"]:
+            raise DataFormatError(f"{path}:{i}: expected fields 'instruction' (a string) and 'instances' (a non-empty "
+                                  "list)")
+        for k, inst in enumerate(rec["instances"]):
+            if not isinstance(inst, dict) or not isinstance(inst.get("output"), str) \
+                    or not isinstance(inst.get("input", ""), str):
+                raise data_error(path, i, f"instances[{k}]: expected an object with 'output' (a string) and an "
+                                          f"optional 'input' (a string), got {json.dumps(inst)[:60]}")
             prompt = rec["instruction"] + (f"\n\n{inst['input']}" if inst.get("input") else "")
             out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": inst["output"]}])
     return out

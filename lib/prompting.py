@@ -16,6 +16,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from lib.data import data_error, load_yaml
 from lib.losses import mask_prompt, pad_batch, pad_id_of, sequence_nll
 from lib.models import context_length
 
@@ -72,11 +73,16 @@ def _verbalizer(spec, label_names: Sequence[str], where: str) -> dict[str, tuple
 
 def load_templates(task: str, label_names: Sequence[str], path: Path = TEMPLATES_FILE) -> list[Template]:
     """The templates of `task` from the YAML file, their verbalizers resolved against the dataset's label names."""
-    text = Path(path).read_text(encoding="utf-8")
-    tasks, root = yaml.safe_load(text), yaml.compose(text)
-    if task not in (tasks or {}):
-        raise KeyError(f"{path}: no task {task!r}; expected one of {', '.join(tasks or {})}")
-    lines = {k.value: v for k, v in root.value}[task]
+    tasks = load_yaml(path)  # a syntax error names file:line
+    if not isinstance(tasks, dict):
+        raise data_error(path, 1, f"expected a mapping of task name -> {{verbalizer, templates}}, got "
+                                  f"{type(tasks).__name__}")
+    if task not in tasks:
+        raise KeyError(f"{path}: no task {task!r}; expected one of {', '.join(tasks)}")
+    lines = {k.value: v for k, v in yaml.compose(Path(path).read_text(encoding="utf-8")).value}[task]
+    if not isinstance(tasks[task], dict) or not isinstance(tasks[task].get("templates", []), list):
+        raise data_error(path, lines.start_mark.line + 1, f"task {task!r}: expected a mapping with 'templates' (a "
+                                                          "list) and an optional 'verbalizer'")
     items = {k.value: v for k, v in lines.value}.get("templates")
     out = []
     for i, t in enumerate(tasks[task].get("templates") or []):

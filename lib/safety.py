@@ -149,12 +149,17 @@ def load_policy(path: str | Path = POLICY_PATH) -> Policy:
         exs = _need(path, f"{where}.examples", spec.get("examples"), list, "a non-empty list of example prompts")
         cats[name] = Category(name, desc, tuple(_compile(path, f"{where}.patterns[{i}]", p, name, macros, True)
                                                 for i, p in enumerate(pats)), tuple(map(str, exs)))
+    benign = raw.get("benign_examples")
+    if benign is not None:
+        _need(path, "benign_examples", benign, list, "a non-empty list of example prompts")
+        for i, ex in enumerate(benign):
+            _need(path, f"benign_examples[{i}]", ex, str, "an example prompt (a non-empty string)")
     ids = [r.id for r in (*refusals, *allow, *redact, *(r for c in cats.values() for r in c.rules))]
     if dups := sorted({i for i in ids if ids.count(i) > 1}):
         raise _fail(path, "rules", f"duplicate rule ids {dups}; every id must be unique")
     return Policy(str(path), {k: texts["risk_prompt", k] for k in ("en", "zh")},
                   {k: texts["refusal_message", k] for k in ("en", "zh")}, refusals, allow, cats,
-                  tuple(raw.get("benign_examples") or ()), redact)
+                  tuple(benign or ()), redact)
 
 
 def normalise(text: str) -> str:
