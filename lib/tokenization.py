@@ -1,12 +1,15 @@
-"""Byte-level BPE: train it with 🤗 tokenizers, wrap it for transformers, save it whole, and measure compression."""
+"""Byte-level BPE: our own in plain Python, then 🤗 tokenizers' (same merges, far faster), wrapped for transformers,
+saved whole, and measured for compression."""
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
+import regex
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -25,7 +28,7 @@ CHATML_TEMPLATE = (
 TokenizerLike = Union[Tokenizer, PreTrainedTokenizerBase]
 
 
-# ---------------------------------------------------------------- training and wrapping
+# ---------------------------------------------------------------- training with 🤗 tokenizers, and wrapping
 
 def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:
     """Train a byte-level BPE (GPT-2 style, every byte in the base alphabet) on `texts`."""
@@ -133,6 +136,83 @@ def merges(tokenizer: TokenizerLike) -> list[tuple[str, str]]:
 def first_merges(tokenizer: TokenizerLike, n: int) -> list[str]:
     """The first n merges, e.g. 'Ġ + t -> Ġt' (byte-level form: 'Ġ' marks a leading space)."""
     return [f"{show(a)} + {show(b)} -> {show(a + b)}" for a, b in merges(tokenizer)[:n]]
+
+
+# ---------------------------------------------------------------- the same BPE from scratch, in plain Python
+
+GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+def byte_words(text: str) -> list[str]:
+    """GPT-2's pre-tokenisation by hand: split with its regex, write each UTF-8 byte as a stand-in ('Ġ' = space)."""
+    to_char = {b: c for c, b in byte_decoder().items()}
+    return ["".join(to_char[b] for b in w.encode("utf-8")) for w in GPT2_SPLIT.findall(text)]
+
+
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Replace each occurrence of `pair` in `symbols`, left to right, by the two symbols joined."""
+    out, i = [], 0
+    while i < len(symbols):
+        if tuple(symbols[i:i + 2]) == pair:
+            out.append(pair[0] + pair[1]); i += 2
+        else:
+            out.append(symbols[i]); i += 1
+    return out
+
+
+@dataclass
+class PureBPE:
+    """Our own byte-level BPE: the merges in learned order, the vocabulary (token -> id) and the special tokens."""
+
+    merges: list[tuple[str, str]]
+    vocab: dict[str, int]
+    specials: tuple[str, ...]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int,
+              special_tokens: Sequence[str] = SPECIAL_TOKENS) -> PureBPE:
+        """Learn merges on `texts`: join the most frequent adjacent pair, recount, repeat until vocab_size."""
+        words = Counter(w for t in texts for w in byte_words(t))  # each distinct chunk once, with its count
+        splits = {w: list(w) for w in words}
+        vocab = {tok: i for i, tok in enumerate([*special_tokens, *sorted(byte_decoder())])}  # ids as in train_bpe
+        merges: list[tuple[str, str]] = []
+        while len(vocab) < vocab_size:
+            pairs: Counter = Counter()
+            for w, n in words.items():
+                for pair in zip(splits[w], splits[w][1:]):
+                    pairs[pair] += n
+            if not pairs:  # every chunk is one token: nothing left to merge
+                break
+            # the highest count wins; a tie goes to the pair of lower ids, exactly as in 🤗 tokenizers' trainer
+            best = max(pairs, key=lambda p: (pairs[p], -vocab[p[0]], -vocab[p[1]]))
+            merges.append(best)
+            vocab.setdefault(best[0] + best[1], len(vocab))
+            splits = {w: merge_pair(s, best) for w, s in splits.items()}
+        return cls(merges, vocab, tuple(special_tokens))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids: special tokens are matched whole first; every other chunk merges in the order learned."""
+        rank = {pair: r for r, pair in enumerate(self.merges)}
+        specials = f"({'|'.join(map(regex.escape, self.specials))})"
+        ids: list[int] = []
+        for part in regex.split(specials, text) if self.specials else [text]:
+            if part in self.specials:
+                ids.append(self.vocab[part])
+                continue
+            for word in byte_words(part):
+                symbols = list(word)
+                while len(symbols) > 1:
+                    pair = min(zip(symbols, symbols[1:]), key=lambda p: rank.get(p, len(rank)))
+                    if pair not in rank:  # no learned merge left in this chunk
+                        break
+                    symbols = merge_pair(symbols, pair)
+                ids += [self.vocab[s] for s in symbols]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`: join the tokens' raw bytes and read them as UTF-8 (bad bytes become U+FFFD)."""
+        tokens = {i: t for t, i in self.vocab.items()}
+        return b"".join(token_bytes(tokens[i]) for i in ids).decode("utf-8", errors="replace")
 
 
 def top_pairs(texts: Iterable[str], k: int = 10) -> list[tuple[tuple[str, str], int]]:
