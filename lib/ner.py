@@ -299,6 +299,12 @@ def word_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], na
     return out
 
 
+def summed(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """counts[idx].sum(0) for a resample `idx` of sentences (repeats count again), as one product with the tallies."""
+    n = len(counts)
+    return (np.bincount(idx, minlength=n) @ counts.reshape(n, -1)).reshape(counts.shape[1:])
+
+
 def f1_of(counts: np.ndarray) -> float:
     """F1 of (tp, fp, fn) counts summed over every leading axis: 2tp / (2tp + fp + fn), 0 when tp = 0 (seqeval's)."""
     tp, fp, fn = np.asarray(counts).reshape(-1, 3).sum(0)
@@ -325,7 +331,7 @@ def views_with_intervals(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[
 
     words, ents = word_counts(gold, pred, names), entity_counts(gold, pred, entity_types(names))
     macro = sorted({t for row in gold for t in row} - {"O"})
-    view = lambda i: views_from_counts(words[i], ents[i], names, macro)  # noqa: E731
+    view = lambda i: views_from_counts(summed(words, i)[None], summed(ents, i)[None], names, macro)  # noqa: E731
     return {k: bootstrap_interval(lambda i, k=k: view(i)[k], len(gold), n_boot, seed)
             for k in view(np.arange(len(gold)))}
 
@@ -336,7 +342,7 @@ def f1_intervals(counts: np.ndarray, types: Sequence[str], n_boot: int = 1000,
     from lib.stats import bootstrap_interval
 
     cols = {**{t: k for k, t in enumerate(types)}, "micro avg": slice(None)}
-    return {t: bootstrap_interval(lambda i, c=c: f1_of(counts[i, c]), len(counts), n_boot, seed)
+    return {t: bootstrap_interval(lambda i, c=c: f1_of(summed(counts, i)[c]), len(counts), n_boot, seed)
             for t, c in cols.items()}
 
 
@@ -348,5 +354,6 @@ def paired_f1_tests(counts_a: np.ndarray, counts_b: np.ndarray, types: Sequence[
     if counts_a.shape != counts_b.shape:
         raise ValueError(f"paired counts of one shape expected, got {counts_a.shape} and {counts_b.shape}")
     cols = {**{t: k for k, t in enumerate(types)}, "micro avg": slice(None)}
-    return {t: paired_bootstrap(lambda i, c=c: f1_of(counts_a[i, c]), lambda i, c=c: f1_of(counts_b[i, c]),
-                                len(counts_a), n_boot, seed) for t, c in cols.items()}
+    f1_at = lambda counts, c: lambda i: f1_of(summed(counts, i)[c])  # noqa: E731
+    return {t: paired_bootstrap(f1_at(counts_a, c), f1_at(counts_b, c), len(counts_a), n_boot, seed)
+            for t, c in cols.items()}

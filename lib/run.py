@@ -117,8 +117,8 @@ def _measured(metrics: dict[str, Any], name: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text that cannot break a markdown table row."""
-    return text.replace("|", "/").replace("\n", " ")
+    """Text that cannot break a markdown table row: '|' escaped, line breaks as spaces."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def summary_markdown(profile: str) -> str:

@@ -218,7 +218,7 @@ def test_per_sentence_counts_give_seqeval_and_sklearn_scores_on_any_subset(seed)
     import numpy as np
     from seqeval.metrics import f1_score as conlleval_f1
 
-    from lib.ner import entity_counts, entity_types, f1_of, views_from_counts, word_counts
+    from lib.ner import entity_counts, entity_types, f1_of, summed, views_from_counts, word_counts
 
     rng = np.random.default_rng(seed)
     gold = [g for _, g in SENTENCES] + _random_tags(rng, 30)
@@ -237,6 +237,8 @@ def test_per_sentence_counts_give_seqeval_and_sklearn_scores_on_any_subset(seed)
         ours = views_from_counts(word_counts(gold, pred, NAMES)[idx], strict, NAMES, macro)
         assert ours == pytest.approx(score_views(g, p), abs=1e-12)
     assert f1_of(np.zeros((3, 4, 3))) == 0.0
+    counts, idx = entity_counts(gold, pred, types), rng.integers(0, len(gold), 3 * len(gold))
+    assert (summed(counts, idx) == counts[idx].sum(0)).all()  # repeated sentences count again
 
 
 def test_bootstrap_intervals_and_paired_tests_of_entity_f1():

@@ -95,6 +95,9 @@ def test_summary_puts_each_kind_of_number_in_its_own_column(tmp_path, monkeypatc
         "| 07_ner | token_acc | 0.886 | 0.825 (the all-O tagger) | – | 0.973 (the seed article, §5.4) | – |",
         "| 07_ner | best_f1 | – | – | – | – | 0.9 (gpu profile, gpt2) |"]
     assert not any(r.startswith("| 01_tok") for r in rows)  # no other kind of number: no row
+    record({"notebook": "03_pre", "profile": "smoke", "seed": 0}, {"loss": 8.4}, baselines={"loss": (8.3, "ln|V|")})
+    note_run("smoke", "03_pre", "ok", 1.0)
+    assert "| 03_pre | loss | 8.4 | 8.3 (ln\\|V\\|) | – | – | – |" in summary_markdown("smoke").splitlines()
 
 
 def test_summary_without_other_kinds_of_number_has_no_second_table(tmp_path, monkeypatch):
