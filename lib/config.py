@@ -140,6 +140,19 @@ KNOBS: dict[str, Knob] = {
     "ner_epochs": Knob(float, "passes over the NER training sentences", positive=True),
     "ner_strategies": Knob(list, "subword label alignments trained and compared", item=str,
                            choices=("first", "all", "last")),
+    "few_shot": Knob(int, "labelled training queries per intent (the 10-shot setting)", positive=True),
+    "val_per_intent": Knob(int, "validation queries per intent (methods and thresholds are picked on them)",
+                           positive=True),
+    "test_queries": Knob(int, "in-scope test queries scored (a seeded subsample when fewer than the split has)",
+                         positive=True),
+    "oos_per_source": Knob(int, "out-of-scope queries drawn from each of 4 sources (half validation, half test)",
+                           positive=True),
+    "zero_shot_examples": Knob(int, "test queries classified zero-shot by the prompt scorer (seeded subsample)",
+                               positive=True),
+    "dense_layers": Knob(int, "transformer blocks of the dense encoder (pooled states of block k)", positive=True),
+    "head_steps": Knob(int, "optimizer steps of the intent head", positive=True),
+    "head_lr": Knob(float, "learning rate of the intent head", positive=True),
+    "answer_examples": Knob(int, "in-scope test queries answered by the generator and scored", positive=True),
 }
 
 # Every profile value, declared once. "common" applies to every notebook; a notebook's own section overrides it.
@@ -167,6 +180,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "mini-gpt", "ner_train_sentences": 400, "ner_test_sentences": 200,
                               "ner_epochs": 1.0, "ner_strategies": ["first", "all", "last"], "batch_size": 16,
                               "lr": 3e-3, "max_length": 128},
+        "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 5, "val_per_intent": 3, "test_queries": 154,
+                                "oos_per_source": 10, "zero_shot_examples": 3, "dense_layers": 2, "head_steps": 40,
+                                "head_lr": 3e-2, "answer_examples": 3, "reply_tokens": 8},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -192,6 +208,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "mini-gpt", "ner_train_sentences": 14041, "ner_test_sentences": 3453,
                               "ner_epochs": 2.0, "ner_strategies": ["first", "all", "last"], "batch_size": 32,
                               "lr": 3e-3, "max_length": 128},
+        "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 10, "val_per_intent": 10,
+                                "test_queries": 1536, "oos_per_source": 150, "zero_shot_examples": 100,
+                                "dense_layers": 6, "head_steps": 400, "head_lr": 3e-2, "answer_examples": 40,
+                                "reply_tokens": 24},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -218,6 +238,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "gpt2", "ner_train_sentences": 14041, "ner_test_sentences": 3453,
                               "ner_epochs": 3.0, "ner_strategies": ["first", "all", "last"], "batch_size": 32,
                               "lr": 5e-5, "max_length": 256},
+        "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 10, "val_per_intent": 10,
+                                "test_queries": 1536, "oos_per_source": 200, "zero_shot_examples": 1536,
+                                "dense_layers": 30, "head_steps": 1000, "head_lr": 3e-2, "answer_examples": 300,
+                                "reply_tokens": 48},
     },
 }
 

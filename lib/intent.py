@@ -1,0 +1,104 @@
+"""Intent classification (意图识别) from few examples, its confidence, and the hand-off (转人工) trade-off.
+
+- `TfidfIntent`: word 1-2-gram and character 2-5-gram TF-IDF features with a logistic regression (scikit-learn).
+- `FeatureHead`: a linear head over fixed feature vectors (e.g. a language model's pooled hidden states), trained
+  with `lib.training.train` like every other model of the workbook. It keeps the feature matrix as a buffer and reads
+  example k's features through `input_ids = [k]`, so the default collate and the training loop work unchanged.
+- `handoff_curve`: for each confidence threshold, what share of in-scope queries is answered correctly, answered
+  wrongly or handed to a person, and what share of out-of-scope queries is rejected.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class TfidfIntent:
+    """TF-IDF (words and character n-grams) + logistic regression; `log_proba(texts)` -> (n, n_labels)."""
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[int], n_labels: int, c: float = 30.0) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline, make_union
+
+        if sorted(set(labels)) != list(range(n_labels)):
+            raise ValueError(f"TfidfIntent: expected examples of all {n_labels} labels")
+        features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                              TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))
+        self.model = make_pipeline(features, LogisticRegression(C=c, max_iter=3000)).fit(list(texts), list(labels))
+
+    def log_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, n_labels) log-probabilities."""
+        return self.model.predict_log_proba(list(texts))
+
+
+class FeatureHead(torch.nn.Module):
+    """A linear classifier over the rows of a fixed feature matrix; example k is `input_ids = [k]`."""
+
+    def __init__(self, features: np.ndarray, n_labels: int, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.register_buffer("features", torch.as_tensor(features, dtype=torch.float32))
+        self.linear = torch.nn.Linear(self.features.shape[1], n_labels)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> SimpleNamespace:
+        """Logits of the rows input_ids[:, 0]; with labels (n, 1), the mean cross-entropy as `loss`."""
+        logits = self.linear(self.features[input_ids[:, 0]])
+        loss = torch.nn.functional.cross_entropy(logits, labels[:, 0]) if labels is not None else None
+        return SimpleNamespace(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def log_proba(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_labels) log-probabilities of new feature rows."""
+        x = torch.as_tensor(features, dtype=torch.float32, device=self.linear.weight.device)
+        return torch.log_softmax(self.linear(x), -1).cpu().numpy()
+
+
+def train_head(features: np.ndarray, labels: Sequence[int], n_labels: int, steps: int, lr: float,
+               batch_size: int = 32, seed: int = 0) -> tuple[FeatureHead, list[dict]]:
+    """A FeatureHead trained with lib.training.train (AdamW, cosine schedule); (head, history rows)."""
+    from lib.training import TrainConfig, train
+
+    head = FeatureHead(features, n_labels, seed)
+    examples = [{"input_ids": [k], "labels": [int(y)]} for k, y in enumerate(labels)]
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0, shift_labels=False,
+                      progress=False, seed=seed, log_every=max(1, steps // 10), mixed_precision="no")
+    history = train(head, examples, None, cfg)
+    return head.eval(), list(history)
+
+
+def centre(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Vectors minus a mean, re-normalised to unit length (removes the direction every pooled state shares)."""
+    x = vectors - mean
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def confidence(log_proba: np.ndarray) -> np.ndarray:
+    """The top label's probability, per query."""
+    return np.exp(log_proba.max(1))
+
+
+def handoff_curve(conf_in: np.ndarray, correct_in: np.ndarray, conf_out: np.ndarray,
+                  thresholds: Sequence[float]) -> list[dict[str, float]]:
+    """Per threshold t (answer when confidence >= t): in-scope answered-correctly / wrongly / handed-off rates,
+    precision among answered, and the out-of-scope rejection rate."""
+    rows = []
+    for t in thresholds:
+        answered = conf_in >= t
+        n_ans = int(answered.sum())
+        rows.append({"threshold": float(t), "answered_correctly": float((answered & correct_in).mean()),
+                     "answered_wrongly": float((answered & ~correct_in).mean()),
+                     "handed_off": float((~answered).mean()),
+                     "precision": float((answered & correct_in).sum() / n_ans) if n_ans else 1.0,
+                     "oos_rejected": float((conf_out < t).mean())})
+    return rows
+
+
+def pick_threshold(curve: Sequence[dict[str, float]], min_rejection: float, min_precision: float) -> dict[str, float]:
+    """The row that answers most in-scope queries correctly among those meeting both floors (else the strictest)."""
+    ok = [r for r in curve if r["oos_rejected"] >= min_rejection and r["precision"] >= min_precision]
+    return max(ok, key=lambda r: (r["answered_correctly"], -r["threshold"])) if ok else max(curve, key=lambda r:
+                                                                                              r["threshold"])
