@@ -7,15 +7,18 @@ Cutting inside a reply instead would train on replies that never end.
 """
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from lib.generation import stream_ids
 from lib.losses import IGNORE_INDEX
 from lib.models import context_length, plain_weights  # noqa: F401  (re-exported: notebook 04 imports it from here)
+from lib.splits import dedupe, normalise
 
 END_TEXT = "<|im_end|>"
 Message = Mapping[str, str]
@@ -99,28 +102,56 @@ def labelled_text(tokenizer, example: Mapping[str, Sequence[int]]) -> list[str]:
     return [tokenizer.decode(r, skip_special_tokens=False) for r in runs]
 
 
-def split(items: Sequence[Any], held_out: int, seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, held-out): a seeded shuffle, then the last `held_out` items are held out."""
+def conversation_key(messages: Sequence[Message]) -> tuple[str, ...]:
+    """What makes two conversations duplicates: the role and normalised text of every turn (lib.splits.normalise)."""
+    return tuple(f"{m['role']}: {normalise(m['content'])}" for m in messages)
+
+
+def held_out_count(n_rows: int, eval_prompts: int) -> int:
+    """Conversations notebook 04 holds out: a tenth of the rows, at least two per prompt shown, at most all but one."""
+    return max(1, min(n_rows - 1, max(2 * eval_prompts, n_rows // 10)))
+
+
+def split(items: Sequence[Any], held_out: int, seed: int,
+          group: Callable[[Any], Hashable] | None = None) -> tuple[list[Any], list[Any]]:
+    """(train, held-out): a seeded shuffle, then the last `held_out` items are held out.
+
+    With `group`, items sharing group(item) (one prompt with several replies, say) stay on one side: the groups are
+    shuffled, and whole groups are held out from the end until at least `held_out` items are.
+    """
     if not 0 < held_out < len(items):
         raise ValueError(f"held_out={held_out}: expected 0 < held_out < {len(items)} items")
-    order = list(range(len(items)))
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(group(item) if group else i, []).append(i)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
-    return [items[i] for i in order[:-held_out]], [items[i] for i in order[-held_out:]]
+    cut, n_held = len(order), 0
+    while n_held < held_out:
+        cut -= 1
+        n_held += len(order[cut])
+    if cut == 0:
+        raise ValueError(f"held_out={held_out}: the groups leave no item for training")
+    return [items[i] for g in order[:cut] for i in g], [items[i] for g in order[cut:] for i in g]
 
 
 def mix_dialogues(sources: Mapping[str, Sequence[Sequence[Message]]], n: int, seed: int,
                   lowercase: bool = False) -> list[dict[str, Any]]:
-    """Up to n {"messages", "source"} rows: each source shuffled (seeded), then taken in turn, so small n stay mixed."""
+    """Up to n distinct {"messages", "source"} rows: each source deduplicated (conversation_key) and shuffled (seeded),
+    then taken in turn, so small n stay mixed; a conversation already taken from another source is skipped."""
     rng = random.Random(seed)
     queues = {}
     for name, convs in sources.items():
-        order = list(range(len(convs)))
-        rng.shuffle(order)
-        queues[name] = [convs[i] for i in order]
+        queues[name] = dedupe(convs, conversation_key)
+        rng.shuffle(queues[name])
     out: list[dict[str, Any]] = []
+    taken: set[tuple[str, ...]] = set()
     while len(out) < n and any(queues.values()):
         for name, q in queues.items():
+            while q and len(out) < n and conversation_key(q[0]) in taken:  # the same conversation in two sources
+                q.pop(0)
             if q and len(out) < n:
+                taken.add(conversation_key(q[0]))
                 msgs = [{"role": m["role"], "content": m["content"].strip()} for m in q.pop(0)]
                 if lowercase:
                     msgs = [{**m, "content": m["content"].lower()} for m in msgs]
@@ -178,6 +209,52 @@ def reply_nll(model, examples: Sequence[Mapping[str, Sequence[int]]], pad_id: in
         batches.append((b["input_ids"], b["attention_mask"], b["labels"]))
         counts.append((b["labels"][:, 1:] != IGNORE_INDEX).sum(1))
     return sequence_nll(model, batches, desc="reply NLL").double(), torch.cat(counts)
+
+
+def without_end_marker(tokenizer, example: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """A copy whose labels skip each reply's end marker: the fewest closing labelled tokens whose text holds END_TEXT."""
+    ids, labels = list(example["input_ids"]), list(example["labels"])
+    ends = [k + 1 for k, y in enumerate(labels) if y != IGNORE_INDEX and (k + 1 == len(labels)
+                                                                         or labels[k + 1] == IGNORE_INDEX)]
+    for end in ends:
+        start = end - 1
+        while END_TEXT not in tokenizer.decode(ids[start:end], skip_special_tokens=False):
+            start -= 1
+            if start < 0 or labels[start] == IGNORE_INDEX:
+                raise ValueError(f"a labelled reply ending at token {end} does not end with {END_TEXT!r}")
+        labels[start:end] = [IGNORE_INDEX] * (end - start)
+    return {**example, "input_ids": ids, "labels": labels}
+
+
+def reply_nll_parts(model, tokenizer, examples: Sequence[Mapping[str, Sequence[int]]],
+                    batch_size: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(summed NLL, targets) per example on the replies with their end markers, on the reply text, and on the markers."""
+    pad = tokenizer.pad_token_id
+    whole = reply_nll(model, examples, pad, batch_size)
+    text = reply_nll(model, [without_end_marker(tokenizer, e) for e in examples], pad, batch_size)
+    return {"reply + end marker": whole, "reply text": text, "end marker": (whole[0] - text[0], whole[1] - text[1])}
+
+
+def pooled_ppl(nll: torch.Tensor, n: torch.Tensor) -> Callable[[np.ndarray], float]:
+    """metric(indices) -> exp(summed NLL / summed targets) over those examples, for lib.stats' bootstraps."""
+    nll_np, n_np = nll.double().cpu().numpy(), n.double().cpu().numpy()
+    return lambda idx: math.exp(nll_np[idx].sum() / n_np[idx].sum())
+
+
+def ppl_comparison(before: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                   after: Mapping[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0) -> list[dict[str, Any]]:
+    """Per part of reply_nll_parts: targets, perplexity before and after (95% bootstrap over examples), paired p."""
+    from lib.stats import bootstrap_interval, paired_bootstrap
+
+    rows = []
+    for part, (nll, n) in before.items():
+        ppl_b, ppl_a = pooled_ppl(nll, n), pooled_ppl(*after[part])
+        row: dict[str, Any] = {"targets": part, "tokens": int(n.sum())}
+        for name, metric in (("before", ppl_b), ("after", ppl_a)):
+            row[name], row[f"{name} low"], row[f"{name} high"] = bootstrap_interval(metric, len(n), seed=seed)
+        row["p"] = paired_bootstrap(lambda i: math.log(ppl_a(i)), lambda i: math.log(ppl_b(i)), len(n), seed=seed)[1]
+        rows.append(row)
+    return rows
 
 
 def mask_html(tokenizer, example: Mapping[str, Sequence[int]], limit: int = 400) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from lib.data import CORPORA, data_root, load_corpus
-from lib.sft import (END_TEXT, IGNORE_INDEX, TemplateError, assistant_spans, chat_example, ensure_chat_template,
-                     labelled_text, mix_dialogues, split, trained_lowercase)
+from lib.sft import (END_TEXT, IGNORE_INDEX, TemplateError, assistant_spans, chat_example, conversation_key,
+                     ensure_chat_template, held_out_count, labelled_text, mix_dialogues, pooled_ppl, ppl_comparison,
+                     split, trained_lowercase, without_end_marker)
 
 CHAT = [{"role": "user", "content": "Hi, who are you?"},
         {"role": "assistant", "content": "I am a small model."},
@@ -125,3 +126,66 @@ def test_trained_lowercase_reads_the_model_card(tmp_path):
     assert not trained_lowercase(tmp_path)
     (tmp_path / "README.md").write_text("Data: tinystories (lower-case: True).")
     assert trained_lowercase(tmp_path)
+
+
+def test_mix_dialogues_drops_duplicates_within_and_across_sources():
+    turn = lambda u, a: [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    sources = {"a": [turn("My printer is not printing.", "Restart it.")] * 5 + [turn("my printer is NOT printing",
+                                                                                     " restart  it ")],
+               "b": [turn("Hi!", "Hello.")] * 3 + [turn("my printer is not printing", "restart it!")]}
+    for seed in range(4):
+        rows = mix_dialogues(sources, 100, seed=seed)
+        assert len(rows) == 2 and len({conversation_key(r["messages"]) for r in rows}) == 2
+    assert conversation_key(turn("Hi!", "Hello.")) != conversation_key(turn("Hello.", "Hi!"))  # roles count
+
+
+def test_split_by_group_keeps_each_group_on_one_side():
+    items = [(g, k) for g in range(12) for k in range(g % 3 + 1)]  # groups of 1, 2 and 3 items
+    for seed in range(5):
+        train, held = split(items, 6, seed=seed, group=lambda x: x[0])
+        assert not {g for g, _ in train} & {g for g, _ in held}
+        assert sorted(train + held) == sorted(items) and 6 <= len(held) < 6 + 3
+    with pytest.raises(ValueError, match="no item for training"):
+        split([("one", 1), ("one", 2)], 1, seed=0, group=lambda x: x[0])
+
+
+def test_held_out_count_is_a_tenth_with_floors():
+    assert held_out_count(1580, 12) == 158 and held_out_count(100, 12) == 24 and held_out_count(10, 12) == 9
+
+
+def test_without_end_marker_unlabels_exactly_the_markers(tok):
+    ex = chat_example(tok, CHAT, 10_000)
+    text = without_end_marker(tok, ex)
+    assert text["input_ids"] == ex["input_ids"] and ex["labels"] == chat_example(tok, CHAT, 10_000)["labels"]
+    runs = labelled_text(tok, text)
+    assert len(runs) == 3 and all(r.rstrip() and reply.startswith(r) for r, reply in zip(runs, REPLIES))
+    assert all(len(reply) - len(r) <= 1 for r, reply in zip(runs, REPLIES))  # GPT-2 may fuse '.' with '<|'
+    dropped = [t for t, y, z in zip(ex["input_ids"], ex["labels"], text["labels"]) if y != z]
+    assert tok.decode(dropped).count(END_TEXT) == 3 and all(z == IGNORE_INDEX for y, z in zip(ex["labels"],
+                                                                                              text["labels"]) if y != z)
+
+
+def test_without_end_marker_on_a_one_token_marker_drops_one_token_per_reply(bpe):
+    ex = chat_example(bpe, CHAT, 10_000)
+    n = lambda e: sum(y != IGNORE_INDEX for y in e["labels"])
+    assert n(ex) - n(without_end_marker(bpe, ex)) == 3 and labelled_text(bpe, without_end_marker(bpe, ex)) == REPLIES
+    broken = {**ex, "labels": [IGNORE_INDEX] * (len(ex["labels"]) - 1) + [ex["input_ids"][-2]]}
+    broken["input_ids"] = ex["input_ids"][:-1] + [ex["input_ids"][-2]]  # a labelled run without the marker
+    with pytest.raises(ValueError, match="does not end with"):
+        without_end_marker(bpe, broken)
+
+
+def test_pooled_ppl_and_comparison_by_hand():
+    import math
+
+    import torch
+
+    nll, n = torch.tensor([2.0, 6.0]), torch.tensor([1, 3])
+    assert pooled_ppl(nll, n)([0, 1]) == pytest.approx(math.exp(8 / 4)) and pooled_ppl(nll, n)([1]) == pytest.approx(
+        math.exp(2))
+    before = {"all": (torch.full((40,), 30.0), torch.full((40,), 10))}
+    after = {"all": (torch.linspace(5.0, 15.0, 40), torch.full((40,), 10))}
+    (row,) = ppl_comparison(before, after, seed=0)
+    assert row["tokens"] == 400 and row["before"] == pytest.approx(math.exp(3.0))
+    assert row["after"] == pytest.approx(math.exp(1.0)) and row["after low"] < row["after"] < row["after high"]
+    assert row["before low"] == row["before high"] == pytest.approx(row["before"]) and row["p"] < 0.05
