@@ -425,6 +425,8 @@ def _chatterbot(folder: Path) -> list[list[dict]]:
         if not isinstance(convs, list):
             raise data_error(f, 1, "expected a mapping with 'conversations': a list of conversations")
         for conv in convs:
+            if not isinstance(conv, list):  # upstream trivia.yml stores one entry as a bare string: not a dialogue
+                continue
             turns = [str(t) for t in conv if t is not None]
             if len(turns) >= 2:
                 out.append([{"role": "user" if k % 2 == 0 else "assistant", "content": t} for k, t in enumerate(turns)])

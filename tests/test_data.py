@@ -41,7 +41,7 @@ def test_corpora_and_dialogues(real_data):
     assert len(load_corpus("wikitext-2", "test")) > 2000
     sh_train, sh_val = load_corpus("tiny-shakespeare", "train"), load_corpus("tiny-shakespeare", "validation")
     assert sh_train[0]["text"] == "First Citizen:" and len(sh_train) > 8 * len(sh_val)
-    for name, n in (("sgd", 256), ("chatterbot", 2026), ("self-instruct", 427)):
+    for name, n in (("sgd", 256), ("chatterbot", 2025), ("self-instruct", 427)):
         ds = load_dialogues(name)
         assert len(ds) == n and ds[0]["messages"][0]["role"] == "user"
 
@@ -110,3 +110,10 @@ def test_verify_reports_ok_missing_and_mismatch(real_data, tmp_root):
     assert status[good.path] == "ok" and status[ASSETS[1].path] == "checksum mismatch"
     assert status[ASSETS[2].path] == "missing"
     assert set(verify(real_data).values()) == {"ok"}
+
+
+def test_chatterbot_skips_a_conversation_stored_as_a_string(tmp_path):
+    from lib.data import _chatterbot
+
+    (tmp_path / "t.yml").write_text("conversations:\n- - Hi\n  - Hello there\n- just one string\n", encoding="utf-8")
+    assert _chatterbot(tmp_path) == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]]
