@@ -196,7 +196,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                            "domain_steps": 150, "sft_steps": 400, "sft_dialogues": 3000, "batch_size": 16, "lr": 1e-3,
                            "max_length": 256, "eval_prompts": 12},
         "05_zero_shot_prompting": {"model": "smollm2-135m-instruct", "compare_models": ["mini-gpt"], "sst2_examples": 872,
-                                   "agnews_examples": 100, "banking_examples": 40, "kshot_examples": 100,
+                                   "agnews_examples": 500, "banking_examples": 770, "kshot_examples": 100,
                                    "shot_counts": [1, 4, 8], "kshot_seeds": 3, "n_templates": 5, "score_batch": 16,
                                    "check_examples": 16},
         "08_interaction_stability": {"model": "smollm2-135m-instruct", "reply_tokens": 32, "safety_model_prompts": 40,

@@ -236,7 +236,7 @@ DATASETS: dict[str, TsvSet] = {
 }
 
 
-def _read_tsv(path: Path, spec: TsvSet) -> tuple[list[str], list[str]]:
+def _read_tsv(path: Path, spec: TsvSet, strip: bool = True) -> tuple[list[str], list[str]]:
     texts, labels = [], []
     for i, line in read_lines(path):
         if not line.strip() or (spec.header and i == 1):
@@ -248,20 +248,24 @@ def _read_tsv(path: Path, spec: TsvSet) -> tuple[list[str], list[str]]:
             raise DataFormatError(f"{path}:{i}: expected 2 tab-separated columns (text, label), got {len(cols)}")
         if not cols[0].strip():
             raise data_error(path, i, f"empty text before the tab; expected a non-empty text (label {cols[1]!r})")
-        texts.append(cols[0].strip())
+        texts.append(cols[0].strip() if strip else cols[0])
         labels.append(cols[1].strip())
     return texts, labels
 
 
-def load_classification(name: str) -> Dataset:
-    """SST-2 dev, AG News test or BANKING77 test as a Dataset with 'text' and a ClassLabel 'label'."""
+def load_classification(name: str, strip: bool = True) -> Dataset:
+    """SST-2 dev, AG News test or BANKING77 test as a Dataset with 'text' and a ClassLabel 'label'.
+
+    `strip=False` keeps each text exactly as stored: GLUE's SST-2 sentences end with a space, and
+    lm-evaluation-harness feeds them so; the default strips surrounding whitespace, from the hub copy too.
+    """
     if name not in DATASETS:
         raise KeyError(f"dataset {name!r}: expected one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
 
     def local() -> Dataset:
         path = data_root() / spec.file
-        texts, raw = _read_tsv(path, spec)
+        texts, raw = _read_tsv(path, spec, strip)
         names = spec.labels or sorted(set(raw))
         if name == "sst2":  # stored as 0/1
             names_by_raw = {"0": "negative", "1": "positive"}
@@ -279,7 +283,8 @@ def load_classification(name: str) -> Dataset:
 
     def hub() -> Dataset:
         ds = _from_hub(spec.hub, split=spec.hub_split)
-        return ds.rename_column(spec.text_col, "text") if spec.text_col != "text" else ds
+        ds = ds.rename_column(spec.text_col, "text") if spec.text_col != "text" else ds
+        return ds.map(lambda r: {"text": r["text"].strip()}) if strip else ds
 
     return _load(f"dataset {name}", [spec.file], local, spec.hub, hub)
 

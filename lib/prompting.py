@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -35,6 +37,7 @@ class Template:
     instruction: str = ""  # put once before the demonstrations (or before the prompt at k = 0)
     separator: str = "\n\n"  # between demonstrations, and between the last one and the query
     source: str = ""
+    strip: bool = True  # strip the input's surrounding whitespace; False feeds it as stored (lm-eval's protocol)
 
     @property
     def labels(self) -> list[str]:
@@ -42,8 +45,8 @@ class Template:
         return list(self.verbalizer)
 
     def prompt(self, text: str) -> str:
-        """The filled template (str.replace, so braces inside the input are safe)."""
-        return self.text.replace("{text}", text)
+        """The filled template (str.replace, so braces inside the input are safe); the input stripped if `strip`."""
+        return self.text.replace("{text}", text.strip() if self.strip else text)
 
     def demonstration(self, text: str, label: str) -> str:
         """A solved example: the filled template followed by the label's first continuation."""
@@ -91,7 +94,7 @@ def load_templates(task: str, label_names: Sequence[str], path: Path = TEMPLATES
             raise ValueError(f"{where}: a template needs a 'name' and a 'text' containing {{text}}")
         verb = _verbalizer(t.get("verbalizer", tasks[task].get("verbalizer")), list(label_names), where)
         out.append(Template(t["name"], t["text"], verb, t.get("instruction", ""), t.get("separator", "\n\n"),
-                            t.get("source", "")))
+                            t.get("source", ""), t.get("strip", True) is not False))
     if not out:
         raise ValueError(f"{path}: task {task!r} has no templates")
     return out
@@ -282,3 +285,32 @@ def evaluate_template(model, tokenizer, template: Template, texts: Sequence[str]
            **metrics(labels, pred, len(template.labels)), "pred_cal": pred_cal, "p_cf": p_cf.tolist()}
     res.update({f"{key}_cal": v for key, v in metrics(labels, pred_cal, len(template.labels)).items()})
     return {**res, "scores": scores, "cf_scores": cf}
+
+def results_table(results: Sequence[dict], labels: Sequence[int]):
+    """One row per evaluate_template result: accuracy with its Wilson 95% interval, raw and calibrated, the exact
+    McNemar p-value of calibrated against raw (the same examples), and macro-F1; a pandas DataFrame."""
+    import pandas as pd
+
+    from lib.stats import accuracy_interval, mcnemar
+
+    rows, y = [], np.asarray(labels)
+    for r in results:
+        ok, ok_cal = np.asarray(r["pred"]) == y, np.asarray(r["pred_cal"]) == y
+        (acc, lo, hi), (cal, clo, chi) = accuracy_interval(ok), accuracy_interval(ok_cal)
+        rows.append({"template": r["template"], "acc": round(acc, 3), "95% CI": f"[{lo:.3f}, {hi:.3f}]",
+                     "acc cal": round(cal, 3), "95% CI cal": f"[{clo:.3f}, {chi:.3f}]",
+                     "McNemar p": float(f"{mcnemar(ok, ok_cal):.2g}"), "F1": round(r["macro_f1"], 3),
+                     "F1 cal": round(r["macro_f1_cal"], 3)})
+    return pd.DataFrame(rows).set_index("template")
+
+
+def balanced_subsample(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    """Indices of n examples drawn with `seed`, spread over the classes as evenly as the data allow: each class's
+    i-th draw comes before any class's (i+1)-th, so n = 10 x (number of classes) takes 10 of every class."""
+    if not 0 < n <= len(labels):
+        raise ValueError(f"n={n}: expected 0 < n <= {len(labels)} (the examples available)")
+    order, seen, rank = np.random.default_rng(seed).permutation(len(labels)), Counter(), []
+    for i in order:
+        rank.append(seen[labels[i]])
+        seen[labels[i]] += 1
+    return [int(order[j]) for j in sorted(range(len(order)), key=rank.__getitem__)[:n]]

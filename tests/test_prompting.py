@@ -128,3 +128,59 @@ def test_too_long_prompt_is_refused(tok):
         score_labels(small, tok, ["one two three four five six seven eight"], [" nine"], progress=False)
     with pytest.raises(ValueError, match=r"prompts \(0\)"):
         score_labels(small, tok, [], [" nine"], progress=False)
+
+def test_lm_eval_template_feeds_the_stored_sentence(real_data):
+    from lib.data import load_classification
+    from lib.prompting import load_templates as templates_of
+
+    stored, stripped = load_classification("sst2", strip=False), load_classification("sst2")
+    lme = next(t for t in templates_of("sst2", stored.features["label"].names) if t.name == "lm-eval")
+    first = (real_data / "sst2" / "dev.tsv").read_bytes().split(b"\n")[1].split(b"\t")[0].decode()
+    assert first == stored["text"][0] == "it 's a charming and often affecting journey . "  # GLUE's trailing space
+    assert stripped["text"][0] == first.strip() and stored["label"] == stripped["label"]
+    # lm-evaluation-harness glue/sst2: doc_to_text on the sentence as stored; choices after target_delimiter " "
+    assert lme.prompt(stored["text"][0]) == ("it 's a charming and often affecting journey . \n"
+                                             "Question: Is this sentence positive or negative?\nAnswer:")
+    assert [v[0] for v in lme.verbalizer.values()] == [" negative", " positive"] and not lme.strip
+    assert lme.prompt(stripped["text"][0]) != lme.prompt(stored["text"][0])
+
+
+def test_template_strips_its_input_unless_told_not_to(tmp_path):
+    t = Template("t", "R: {text}|", {"neg": (" bad",), "pos": (" good",)})
+    assert t.prompt("  a film \n") == "R: a film|" and t.demonstration(" ok ", "pos") == "R: ok| good"
+    kept = Template("t", "R: {text}|", {"neg": (" bad",), "pos": (" good",)}, strip=False)
+    assert kept.prompt("A film ") == "R: A film |" and kept.lower().prompt("a film ") == "r: a film |"
+    f = tmp_path / "t.yaml"
+    f.write_text("sst2:\n  verbalizer: {negative: ' no', positive: ' yes'}\n  templates:\n"
+                 "    - {name: a, text: '{text} S:'}\n    - {name: b, text: '{text} S:', strip: false}\n")
+    assert [t.strip for t in load_templates("sst2", ["negative", "positive"], f)] == [True, False]
+
+
+def test_balanced_subsample_spreads_evenly_and_is_seeded():
+    from collections import Counter
+
+    from lib.prompting import balanced_subsample
+
+    labels = [k for k in range(5) for _ in range(8)] + [5, 5]  # five classes of 8, one of 2
+    pick = balanced_subsample(labels, 20, seed=3)
+    assert len(set(pick)) == 20 and pick == balanced_subsample(labels, 20, seed=3) != balanced_subsample(labels, 20, 4)
+    assert sorted(Counter(labels[i] for i in pick).values()) == [2, 3, 3, 4, 4, 4]  # class 5 runs out after 2
+    assert Counter(labels[i] for i in balanced_subsample(labels, 12, 0)) == {k: 2 for k in range(6)}
+    with pytest.raises(ValueError, match="n=43"):
+        balanced_subsample(labels, 43, 0)
+
+
+def test_results_table_intervals_and_paired_test_by_hand():
+    from lib.prompting import results_table
+    from lib.stats import mcnemar, wilson_interval
+
+    y = [0, 1] * 10
+    raw = y[:12] + [1 - v for v in y[12:]]  # 12 of 20 right
+    cal = y[:18] + [1 - v for v in y[18:]]  # 18 of 20 right: right where raw is, and on 6 more
+    res = {"template": "t", "pred": raw, "pred_cal": cal, **metrics(y, raw, 2),
+           **{f"{k}_cal": v for k, v in metrics(y, cal, 2).items()}}
+    row = results_table([res], y).loc["t"]
+    lo, hi = wilson_interval(12, 20)
+    assert row["acc"] == 0.6 and row["95% CI"] == f"[{lo:.3f}, {hi:.3f}]" and row["acc cal"] == 0.9
+    assert row["McNemar p"] == pytest.approx(mcnemar([a == b for a, b in zip(raw, y)], [a == b for a, b in zip(cal, y)]),
+                                             rel=0.01) and row["McNemar p"] == pytest.approx(2 / 2 ** 6, rel=0.01)
