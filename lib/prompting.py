@@ -286,6 +286,7 @@ def evaluate_template(model, tokenizer, template: Template, texts: Sequence[str]
     res.update({f"{key}_cal": v for key, v in metrics(labels, pred_cal, len(template.labels)).items()})
     return {**res, "scores": scores, "cf_scores": cf}
 
+
 def results_table(results: Sequence[dict], labels: Sequence[int]):
     """One row per evaluate_template result: accuracy with its Wilson 95% interval, raw and calibrated, the exact
     McNemar p-value of calibrated against raw (the same examples), and macro-F1; a pandas DataFrame."""

@@ -129,6 +129,7 @@ def test_too_long_prompt_is_refused(tok):
     with pytest.raises(ValueError, match=r"prompts \(0\)"):
         score_labels(small, tok, [], [" nine"], progress=False)
 
+
 def test_lm_eval_template_feeds_the_stored_sentence(real_data):
     from lib.data import load_classification
     from lib.prompting import load_templates as templates_of
