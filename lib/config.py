@@ -181,8 +181,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "ner_epochs": 1.0, "ner_strategies": ["first", "all", "last"], "batch_size": 16,
                               "lr": 3e-3, "max_length": 128},
         "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 5, "val_per_intent": 3, "test_queries": 154,
-                                "oos_per_source": 10, "zero_shot_examples": 3, "dense_layers": 2, "head_steps": 40,
-                                "head_lr": 3e-2, "answer_examples": 3, "reply_tokens": 8},
+                                "oos_per_source": 10, "zero_shot_examples": 2, "dense_layers": 2, "head_steps": 40,
+                                "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -209,9 +209,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "ner_epochs": 2.0, "ner_strategies": ["first", "all", "last"], "batch_size": 32,
                               "lr": 3e-3, "max_length": 128},
         "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 10, "val_per_intent": 10,
-                                "test_queries": 1536, "oos_per_source": 150, "zero_shot_examples": 100,
-                                "dense_layers": 6, "head_steps": 400, "head_lr": 3e-2, "answer_examples": 40,
-                                "reply_tokens": 24},
+                                "test_queries": 1536, "oos_per_source": 150, "zero_shot_examples": 40,
+                                "dense_layers": 6, "head_steps": 400, "head_lr": 3e-2, "answer_examples": 16,
+                                "reply_tokens": 20},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},

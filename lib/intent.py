@@ -76,6 +76,12 @@ def centre(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def mix(log_probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Log-probabilities of a weighted product of classifiers: log_softmax(sum_i w_i log p_i)."""
+    z = sum(w * lp for w, lp in zip(weights, log_probas, strict=True))
+    return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+
 def confidence(log_proba: np.ndarray) -> np.ndarray:
     """The top label's probability, per query."""
     return np.exp(log_proba.max(1))

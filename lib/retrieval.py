@@ -59,23 +59,36 @@ class BM25:
         return out
 
 
+def _blocks(model) -> tuple[object, str]:
+    """(module holding the transformer blocks, attribute name): Llama-style `layers` or GPT-2's `h`."""
+    base = model.base_model
+    return base, "layers" if hasattr(base, "layers") else "h"
+
+
 @torch.no_grad()
-def embed(model, tokenizer, texts: Sequence[str], batch_size: int = 32, layer: int = -1,
-          max_tokens: int = 256) -> np.ndarray:
-    """(n, d) L2-normalised mean of one layer's hidden states over each text's tokens (padding excluded)."""
+def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, batch_size: int = 32,
+          max_tokens: int = 128) -> np.ndarray:
+    """(n, d) L2-normalised mean over each text's tokens of the hidden states after the first `blocks` transformer
+    blocks (None: all of them); the later blocks are not run at all."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = np.argsort([len(t) for t in texts])  # similar lengths share a batch: less padding
+    base, attr = _blocks(model)
+    full = getattr(base, attr)
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        enc = [tokenizer(texts[i], add_special_tokens=False)["input_ids"][:max_tokens] or [pad] for i in idx]
-        width = max(map(len, enc))
-        ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
-        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
-        pooled = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+    setattr(base, attr, full[:blocks] if blocks else full)
+    try:
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            enc = [tokenizer(texts[i], add_special_tokens=False)["input_ids"][:max_tokens] or [pad] for i in idx]
+            width = max(map(len, enc))
+            ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
+            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+    finally:
+        setattr(base, attr, full)
     return out
 
 

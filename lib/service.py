@@ -68,10 +68,10 @@ class HelpCentre:
         """The article of an intent."""
         return self.articles[self.intents.index(intent)]
 
-    def context(self, article: Article) -> str:
-        """The text the bot answers from: the article, then its policy pages."""
+    def context(self, article: Article, policies: bool = True) -> str:
+        """The text the bot answers from: the article, then (with `policies`) its policy pages."""
         pages = [f"{article.title}\n{article.text}"]
-        pages += [f"{self.policies[p].title}\n{self.policies[p].text}" for p in article.policies]
+        pages += [f"{self.policies[p].title}\n{self.policies[p].text}" for p in article.policies if policies]
         return "\n\n".join(pages)
 
 
@@ -168,6 +168,15 @@ def few_shot_split(texts: Sequence[str], labels: Sequence[int], train_per_intent
     for a, b in ((train.texts, val.texts), (train.texts, test.texts), (val.texts, test.texts)):
         assert_disjoint(a, b, key=normalise)
     return train, val, test
+
+
+def intent_queries(help_centre: HelpCentre) -> tuple[list[str], list[int]]:
+    """The BANKING77 test queries (3,080) with their labels as indices of the help centre's articles."""
+    from lib.data import load_classification
+
+    ds = load_classification("banking77")
+    names = ds.features["label"].names
+    return list(ds["text"]), [help_centre.intents.index(names[y]) for y in ds["label"]]
 
 
 # ---------------------------------------------------------------- out of scope
@@ -270,16 +279,18 @@ class Assistant:
     """Intent -> article -> guarded, grounded reply, or a hand-off below the confidence threshold.
 
     `classify(texts) -> (n, n_intents) log-probabilities` over the help centre's intents (in article order).
+    `policies`: the generator also reads the article's policy pages (longer prompts, slower replies).
     `anchored`: the reply starts with the article's key fact (the answer template) and the model continues it;
     otherwise the model writes the whole reply. With `carry`, a turn whose confidence is below the threshold is
     classified again together with the previous user turn (a follow-up such as "and how long does that take?").
     """
 
     def __init__(self, help_centre: HelpCentre, classify, threshold: float, model=None, tokenizer=None,
-                 guard=None, reply_tokens: int = 40, anchored: bool = True, carry: bool = True) -> None:
+                 guard=None, reply_tokens: int = 40, anchored: bool = True, carry: bool = True,
+                 policies: bool = False) -> None:
         self.hc, self.classify, self.threshold = help_centre, classify, threshold
         self.model, self.tokenizer, self.guard = model, tokenizer, guard
-        self.reply_tokens, self.anchored, self.carry = reply_tokens, anchored, carry
+        self.reply_tokens, self.anchored, self.carry, self.policies = reply_tokens, anchored, carry, policies
         self.previous: str | None = None
 
     def route(self, text: str) -> tuple[int, float, str]:
@@ -291,8 +302,9 @@ class Assistant:
         return int(logp[k].argmax()), float(conf[k]), queries[k]
 
     def session(self, article: Article):
-        """A chat session whose system prompt holds the article and its policy pages (and the guard's risk prompt)."""
-        base = SYSTEM.format(bank=self.hc.bank, context=self.hc.context(article))
+        """A chat session whose system prompt holds the article (and its policy pages, and the guard's risk prompt,
+        when those are switched on)."""
+        base = SYSTEM.format(bank=self.hc.bank, context=self.hc.context(article, self.policies))
         system = self.guard.system_prompt(base) if self.guard is not None else base
         cls = AnchoredSession if self.anchored else ChatSession
         kw = {"anchor": article.key_fact} if self.anchored else {}
@@ -344,3 +356,104 @@ class AnchoredSession(ChatSession):
         text = self.anchor + rest if rest[:1] in tuple(".,;:!?") else f"{self.anchor} {rest}".strip()
         self.history[-1] = {"role": "assistant", "content": text}
         return text
+
+
+# ---------------------------------------------------------------- command line and web chat
+
+def build_assistant(seed: int = 0, model: str | None = "smollm2-135m-instruct", reply_tokens: int = 32,
+                    oos_per_source: int = 50) -> Assistant:
+    """The assistant of the command line and the web chat: TF-IDF intent on the 10-shot split, a threshold picked on
+    validation (>= 90% out-of-scope rejection, >= 85% precision), anchored replies, carry-over, the guard's filters."""
+    from lib.intent import TfidfIntent, confidence, handoff_curve, pick_threshold
+    from lib.safety import Guard, load_policy
+
+    hc = load_help_centre()
+    train, val, _ = few_shot_split(*intent_queries(hc), 10, 10, seed)
+    clf = TfidfIntent(train.texts, train.labels, len(hc.articles))
+    oos_val = [t for t, _ in out_of_scope(oos_per_source, seed)[0::2]]
+    lp = clf.log_proba(val.texts)
+    curve = handoff_curve(confidence(lp), lp.argmax(1) == np.array(val.labels), confidence(clf.log_proba(oos_val)),
+                          np.round(np.linspace(0, 0.95, 39), 3))
+    threshold = pick_threshold(curve, 0.90, 0.85)["threshold"]
+    lm = tok = None
+    if model:
+        from lib.models import load_causal_lm, load_tokenizer
+
+        tok, lm = load_tokenizer(model), load_causal_lm(model)
+    return Assistant(hc, clf.log_proba, threshold, lm, tok, Guard(load_policy(), risk_prompt=False), reply_tokens)
+
+
+def cited(assistant: Assistant, r: Reply) -> str:
+    """Markdown for the side panel: the cited article, or what the bot decided instead."""
+    if r.intent is None:
+        return {"handed_off": "_Handed off to a person (confidence below the threshold)._",
+                "blocked": "_Blocked by the safety filter._"}.get(r.outcome, "")
+    a = assistant.hc.article(r.intent)
+    return f"**{a.title}**  \nintent `{a.intent}`, confidence {r.confidence:.2f}\n\n{a.text}"
+
+
+def web_chat(assistant: Assistant):
+    """A Gradio app: the chat on the left, the cited article on the right; `/respond` answers one message."""
+    import gradio as gr
+
+    def respond(message: str) -> tuple[str, str, str]:
+        """One stateless turn: (reply, outcome, cited-article markdown)."""
+        assistant.previous = None
+        r = assistant.reply(message)
+        return r.text, r.outcome, cited(assistant, r)
+
+    def submit(message: str, history: list):
+        previous = [m["content"] for m in history if m["role"] == "user"]
+        assistant.previous = previous[-1] if previous else None
+        r = assistant.reply(message)
+        history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": r.text}]
+        return "", history, cited(assistant, r)
+
+    with gr.Blocks(title=f"{assistant.hc.bank} assistant") as app:
+        gr.Markdown(f"### {assistant.hc.bank} — customer-service assistant (workbook notebook 10)")
+        with gr.Row():
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Conversation")
+                box = gr.Textbox(label="Your message", placeholder="My card still hasn't arrived")
+            article = gr.Markdown(label="Cited article")
+        box.submit(submit, [box, chat], [box, chat, article], api_name="chat")
+        gr.api(respond, api_name="respond")
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m lib.service "query"` | `--chat` | `--ui [--port N]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lib.service", description="Kestrel Bank's assistant (notebook 10)")
+    ap.add_argument("query", nargs="?", help="one customer message to answer")
+    ap.add_argument("--chat", action="store_true", help="an interactive session in the terminal")
+    ap.add_argument("--ui", action="store_true", help="a web chat on 127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--reply-tokens", type=int, default=32, help="most new tokens of one reply")
+    ap.add_argument("--template-only", action="store_true", help="answer with the key fact alone (no model)")
+    args = ap.parse_args(argv)
+    if not (args.query or args.chat or args.ui):
+        ap.error("give a query, --chat or --ui")
+    bot = build_assistant(model=None if args.template_only else "smollm2-135m-instruct", reply_tokens=args.reply_tokens)
+
+    def show(r: Reply) -> None:
+        print(r.text)
+        print(f"  [{r.outcome}] article: {r.article or '-'} | intent: {r.intent or '-'} | "
+              f"confidence {r.confidence:.2f} | {r.total_ms:.0f} ms")
+
+    if args.query:
+        show(bot.reply(args.query))
+    if args.chat:
+        print(f"{bot.hc.bank} assistant; an empty line ends the chat.")
+        while (text := input("you: ").strip()):
+            show(bot.reply(text))
+    if args.ui:
+        web_chat(bot).launch(server_name="127.0.0.1", server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
