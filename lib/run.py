@@ -194,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                              **{k: v for k, v in params.items() if k in knobs}})
         rows.append((nb.stem, status, secs))
         note_run(args.profile, nb.stem, status, secs)
-        if args.publish and status == "ok":
-            publish(out_dir / nb.name, nb)
         print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s", flush=True)
         atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile))
+    if args.publish:  # only now: a notebook copied in earlier would make the next one's fingerprint '+dirty'
+        for nb in notebooks:
+            if any(r[0] == nb.stem and r[1] == "ok" for r in rows):
+                publish(out_dir / nb.name, nb)
     failed = [r for r in rows if r[1] != "ok"]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed; summary: {out_dir / 'summary.md'}")
     return 1 if failed else 0

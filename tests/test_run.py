@@ -108,3 +108,17 @@ def test_summary_without_other_kinds_of_number_has_no_second_table(tmp_path, mon
     record({"notebook": "01_tok", "profile": "smoke", "seed": 0}, {"v": 1}, key=("v",))
     note_run("smoke", "01_tok", "ok", 1.0)
     assert "## Measured numbers beside" not in summary_markdown("smoke")
+
+
+def test_publish_copies_only_after_every_notebook_ran(tmp_path, monkeypatch):
+    """A notebook copied into notebooks/ mid-run would make the next notebook's fingerprint '+dirty'."""
+    import lib.run as run
+
+    for name in ("01_a", "02_b"):
+        _notebook(tmp_path, name, fail=False)
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path / "reports"))
+    seen, published = [], []
+    monkeypatch.setattr(run, "execute", lambda nb, out, params: (seen.append((nb.stem, list(published))), ("ok", 0.1))[1])
+    monkeypatch.setattr(run, "publish", lambda executed, target: published.append(target.stem))
+    assert main(["--profile", "smoke", "--notebooks", str(tmp_path), "--publish"]) == 0
+    assert seen == [("01_a", []), ("02_b", [])] and published == ["01_a", "02_b"]
