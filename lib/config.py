@@ -180,7 +180,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "mini-gpt", "ner_train_sentences": 400, "ner_test_sentences": 200,
                               "ner_epochs": 1.0, "ner_strategies": ["first", "all", "last"], "batch_size": 16,
                               "lr": 3e-3, "max_length": 128},
-        "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 5, "val_per_intent": 3, "test_queries": 154,
+        "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 4, "val_per_intent": 2, "test_queries": 77,
                                 "oos_per_source": 10, "zero_shot_examples": 2, "dense_layers": 2, "head_steps": 40,
                                 "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
     },
