@@ -11,6 +11,9 @@ scheduler and RNG states) and no speed given up. benchmarks/train_throughput.py 
 2 CPU cores, 7 interleaved rounds, median; three runs) measured ours at 0.95-0.99x a bare forward/backward/step loop
 (clipping is 0.3% of a step), 1.03-1.10x the Trainer with group_by_length, 1.9x the Trainer with its default random
 order, 0.98-1.03x a Trainer fed our very batches (a tie: equal overhead), and 4.4-4.6x the seed's pad-to-the-max loop.
+
+Dropout draws from a torch seed that is a pure function of (seed, process, step): each DDP process drops its own units,
+and a resumed run draws what the uninterrupted one drew. train() may run many times in one kernel, with any precision.
 """
 from __future__ import annotations
 
@@ -71,6 +74,11 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int,
         perm = np.concatenate([c[np.argsort(-lens[c], kind="stable")] for c in np.split(perm, range(mega, n, mega))])
     batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))] if lengths is not None else batches
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of one optimizer step on one process: other processes and steps get other dropout masks."""
+    return int(np.random.default_rng([seed, rank, step]).integers(2 ** 63))
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
@@ -202,6 +210,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
           resume_from: str | os.PathLike | None = None) -> History:
     """Train `model` in place for cfg.max_steps optimizer steps; resume_from a checkpoint dir (or "latest")."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -210,9 +219,10 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
         raise ValueError(f"{len(train_examples)} training examples: fewer than TrainConfig.batch_size={cfg.batch_size}")
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and torch.cuda.is_available()
                                               and torch.cuda.is_bf16_supported())
+    AcceleratorState._reset_state()  # else a second train() in this kernel may not change mixed_precision
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=1)  # we accumulate
     rank, world, dev = acc.process_index, acc.num_processes, acc.device
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # seed + rank; the batch order does not use these RNGs
     was_training = model.to(dev).training
     opt = make_optimizer(model, cfg, fused=dev.type in ("cpu", "cuda"))
     sched = cosine_schedule(opt, cfg)
@@ -226,6 +236,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             if saved[k] != now:
                 raise ValueError(f"resume_from={resume_from}: {k}={now!r} but the checkpoint has {saved[k]!r}, "
                                  "so the batches would differ")
+    vars(model).pop("_is_accelerate_prepared", None)  # set by an earlier train(): prepare would skip the model
     model = acc.prepare(model)  # device, DDP across processes, bf16 autocast
     model.train()
     step, tokens, history = st["step"], st["tokens"], History(st["history"])
@@ -250,6 +261,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     t_start = t_win = time.perf_counter()
     try:
         while step < cfg.max_steps:
+            torch.manual_seed(step_seed(cfg.seed, rank, step))  # dropout: a function of (seed, rank, step)
             batches = [micro_batch((step * cfg.grad_accum + j) * world + rank) for j in range(cfg.grad_accum)]
             counts = [count_targets(b, cfg.shift_labels) for b in batches]  # on the CPU: no device sync
             total = max(sum(counts), 1)

@@ -1,4 +1,10 @@
-"""Shared test setup: offline hub, the real data beside the checkout, and tiny fixtures."""
+"""Shared test setup: offline hub, the real data beside the checkout, and small fixtures that need no data.
+
+Without ../shared/data the tests still run on what tests/fixtures/ ships, all written for the workbook: 400 short
+stories made from hand-written templates (make_stories.py), 48 one-line film reviews, and a GPT-2-shaped byte-level
+BPE trained here on the stories (`byte_bpe`); only tests of the real datasets themselves take `real_data` and skip.
+"""
+import copy
 import os
 from pathlib import Path
 
@@ -10,6 +16,9 @@ if "WORKBOOK_DATA" not in os.environ and _SHARED.is_dir():
 import pytest  # noqa: E402
 
 from lib.data import data_root  # noqa: E402
+
+FIXTURES = Path(__file__).with_name("fixtures")
+EOS = "<|endoftext|>"
 
 
 @pytest.fixture
@@ -26,3 +35,44 @@ def tmp_root(tmp_path, monkeypatch) -> Path:
     """An empty data root for malformed-input fixtures."""
     monkeypatch.setenv("WORKBOOK_DATA", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def stories() -> list[str]:
+    """400 lower-case stories of 20-80 words from hand-written templates (tests/fixtures/make_stories.py)."""
+    return (FIXTURES / "stories.txt").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="session")
+def reviews() -> tuple[list[str], list[int]]:
+    """48 hand-written one-line film reviews in SST-2's style and labels: 24 negative (0), 24 positive (1)."""
+    rows = [line.split("\t") for line in (FIXTURES / "reviews.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    return [text for text, _ in rows], [int(label) for _, label in rows]
+
+
+@pytest.fixture(scope="session")
+def _byte_bpe(stories):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(stories, trainers.BpeTrainer(vocab_size=600, special_tokens=[EOS], show_progress=False,
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return GPT2TokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, model_max_length=1024)
+
+
+@pytest.fixture(scope="module")
+def byte_bpe(_byte_bpe):
+    """A stand-in for GPT-2's tokenizer: byte-level BPE (600 tokens, eos = bos = unk = <|endoftext|> = 0), no chat
+    template, trained on `stories`; a fresh copy per module, so that a test module may change it."""
+    return copy.deepcopy(_byte_bpe)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok(byte_bpe):
+    """The real GPT-2 tokenizer when the data root has it, else the `byte_bpe` stand-in (same kind, smaller)."""
+    from lib.models import load_tokenizer
+
+    return load_tokenizer("gpt2") if (data_root() / "gpt2-tokenizer" / "tokenizer.json").is_file() else byte_bpe

@@ -5,7 +5,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from lib.generation import filter_logits, generate
-from lib.models import load_tokenizer
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 5, 1.0), (0.7, 0, 0.9), (1.3, 20, 0.5)])
@@ -29,8 +28,8 @@ def test_bad_sampling_settings():
         filter_logits(torch.zeros(3), top_p=1.5)
 
 
-def test_greedy_matches_model_generate(real_data):
-    tok = load_tokenizer("gpt2")
+def test_greedy_matches_model_generate(gpt2_tok):
+    tok = gpt2_tok
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tok), n_positions=64)).eval()
     ours = generate(model, tok, "Once upon a time", max_new_tokens=12)

@@ -17,13 +17,9 @@ CONTS = [" negative", " positive", " card arrival", " a very bad movie indeed"]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from lib.models import load_tokenizer
-
-    try:
-        return load_tokenizer("gpt2")
-    except Exception as e:  # noqa: BLE001 - no local GPT-2 tokenizer and no hub
-        pytest.skip(f"GPT-2 tokenizer unavailable: {e}")
+def tok(gpt2_tok):
+    """GPT-2's tokenizer, or without the data its stand-in of the same kind (tests/conftest.py)."""
+    return gpt2_tok
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

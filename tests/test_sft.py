@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from lib.data import CORPORA, data_root, load_corpus
 from lib.sft import (END_TEXT, IGNORE_INDEX, TemplateError, assistant_spans, chat_example, conversation_key,
                      ensure_chat_template, held_out_count, labelled_text, mix_dialogues, pooled_ppl, ppl_comparison,
                      split, trained_lowercase, without_end_marker)
@@ -19,21 +18,16 @@ QUESTIONS = [m["content"] for m in CHAT if m["role"] == "user"]
 
 
 @pytest.fixture(scope="module")
-def bpe():
+def bpe(stories):
     from lib.tokenization import as_transformers, train_bpe
 
-    if not (data_root() / CORPORA["tinystories"].files["train"]).is_file():
-        pytest.skip(f"no local TinyStories under {data_root()}; set WORKBOOK_DATA (e.g. ../shared/data)")
-    return as_transformers(train_bpe(load_corpus("tinystories", "train")["text"][:300], 400))
+    return as_transformers(train_bpe(stories[:300], 400))
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    from lib.models import load_tokenizer
-
-    if not (data_root() / "gpt2-tokenizer" / "tokenizer.json").is_file():
-        pytest.skip(f"no local GPT-2 tokenizer under {data_root()}")
-    return load_tokenizer("gpt2")
+def gpt2(gpt2_tok):
+    """GPT-2's tokenizer, or without the data its stand-in: byte-level BPE, no chat template (tests/conftest.py)."""
+    return gpt2_tok
 
 
 @pytest.fixture(scope="module")
