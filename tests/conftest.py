@@ -51,22 +51,23 @@ def reviews() -> tuple[list[str], list[int]]:
 
 
 @pytest.fixture(scope="session")
-def _byte_bpe(stories):
+def _byte_bpe(stories, reviews):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2TokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(stories, trainers.BpeTrainer(vocab_size=600, special_tokens=[EOS], show_progress=False,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    prompts = [f"Review: {text}\nSentiment: {('negative', 'positive')[y]}" for text, y in zip(*reviews)]
+    tok.train_from_iterator(stories + prompts, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return GPT2TokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, model_max_length=1024)
 
 
 @pytest.fixture(scope="module")
 def byte_bpe(_byte_bpe):
-    """A stand-in for GPT-2's tokenizer: byte-level BPE (600 tokens, eos = bos = unk = <|endoftext|> = 0), no chat
-    template, trained on `stories`; a fresh copy per module, so that a test module may change it."""
+    """A stand-in for GPT-2's tokenizer: byte-level BPE, eos = bos = unk = <|endoftext|> = 0, no chat template, trained
+    on `stories` and `reviews` as prompts; a fresh copy per module, so that a test module may change it."""
     return copy.deepcopy(_byte_bpe)
 
 
