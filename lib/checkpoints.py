@@ -49,6 +49,21 @@ def _load_part(folder: Path, name: str) -> Any:
     return _from_json(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")), tensors)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every RNG state of this process: torch (CPU and CUDA), Python's random and NumPy's global generator."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore what rng_state() returned, also after a JSON round trip (which turned tuples into lists)."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    np.random.set_state((rng["numpy"][0], np.asarray(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     sched: Any, state: dict[str, Any]) -> Path:
     """Write weights, optimizer, scheduler, loop state and every RNG; whole or not at all (lib.reporting.atomic_dir)."""
@@ -58,9 +73,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, opt: torch.
             model.config.to_json_file(tmp / "config.json")  # so from_pretrained(path) works
         _save_part(tmp, "optimizer", opt.state_dict())
         _save_part(tmp, "scheduler", sched.state_dict())
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        _save_part(tmp, "trainer_state", {**state, "rng": rng})
+        _save_part(tmp, "trainer_state", {**state, "rng": rng_state()})
     return Path(path)
 
 
@@ -78,12 +91,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, opt: torch.
     if sched is not None:
         sched.load_state_dict(_load_part(path, "scheduler"))
     state = _load_part(path, "trainer_state")
-    rng = state.pop("rng")
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    np.random.set_state((rng["numpy"][0], np.asarray(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+    set_rng_state(state.pop("rng"))
     return state
 
 

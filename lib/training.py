@@ -12,8 +12,9 @@ scheduler and RNG states) and no speed given up. benchmarks/train_throughput.py 
 (clipping is 0.3% of a step), 1.03-1.10x the Trainer with group_by_length, 1.9x the Trainer with its default random
 order, 0.98-1.03x a Trainer fed our very batches (a tie: equal overhead), and 4.4-4.6x the seed's pad-to-the-max loop.
 
-Dropout draws from a torch seed that is a pure function of (seed, process, step): each DDP process drops its own units,
-and a resumed run draws what the uninterrupted one drew. train() may run many times in one kernel, with any precision.
+Under DDP each process seeds its RNGs with seed + rank (so each drops its own units) and a checkpoint keeps every
+process's RNG state, so a resumed DDP run draws what the uninterrupted one drew; one process uses the seed itself.
+train() may run many times in one kernel, with another precision each time.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from lib.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from lib.checkpoints import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lib.config import ParameterError
 from lib.losses import IGNORE_INDEX
 
@@ -74,11 +75,6 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int,
         perm = np.concatenate([c[np.argsort(-lens[c], kind="stable")] for c in np.split(perm, range(mega, n, mega))])
     batches = [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))] if lengths is not None else batches
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The torch seed of one optimizer step on one process: other processes and steps get other dropout masks."""
-    return int(np.random.default_rng([seed, rank, step]).integers(2 ** 63))
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
@@ -211,7 +207,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     """Train `model` in place for cfg.max_steps optimizer steps; resume_from a checkpoint dir (or "latest")."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
     from tqdm.auto import tqdm
 
     cfg = cfg or TrainConfig()
@@ -222,7 +218,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     AcceleratorState._reset_state()  # else a second train() in this kernel may not change mixed_precision
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=1)  # we accumulate
     rank, world, dev = acc.process_index, acc.num_processes, acc.device
-    set_seed(cfg.seed, device_specific=True)  # seed + rank; the batch order does not use these RNGs
+    set_seed(cfg.seed, device_specific=True)  # seed + rank: dropout differs across processes; batch order is unaffected
     was_training = model.to(dev).training
     opt = make_optimizer(model, cfg, fused=dev.type in ("cpu", "cuda"))
     sched = cosine_schedule(opt, cfg)
@@ -236,6 +232,8 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             if saved[k] != now:
                 raise ValueError(f"resume_from={resume_from}: {k}={now!r} but the checkpoint has {saved[k]!r}, "
                                  "so the batches would differ")
+        if world > 1:
+            set_rng_state(st["rng_by_rank"][rank])  # load_checkpoint restored the main process's
     vars(model).pop("_is_accelerate_prepared", None)  # set by an earlier train(): prepare would skip the model
     model = acc.prepare(model)  # device, DDP across processes, bf16 autocast
     model.train()
@@ -261,7 +259,6 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     t_start = t_win = time.perf_counter()
     try:
         while step < cfg.max_steps:
-            torch.manual_seed(step_seed(cfg.seed, rank, step))  # dropout: a function of (seed, rank, step)
             batches = [micro_batch((step * cfg.grad_accum + j) * world + rank) for j in range(cfg.grad_accum)]
             counts = [count_targets(b, cfg.shift_labels) for b in batches]  # on the CPU: no device sync
             total = max(sum(counts), 1)
@@ -301,12 +298,13 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
                 if writer is not None and row[k] is not None:
                     writer.add_scalar(k.replace("_loss", "/loss"), row[k], step)
             if do_save:
+                ranks_rng = {"rng_by_rank": gather_object([rng_state()])} if world > 1 else {}
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     conf = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()}
                     save_checkpoint(Path(cfg.ckpt_dir) / f"step-{step:06d}", acc.unwrap_model(model), opt, sched,
                                     {"step": step, "tokens": tokens, "wall_s": row["wall_s"], "history": history,
-                                     "config": conf, "world_size": world})
+                                     "config": conf, "world_size": world, **ranks_rng})
                     for old in sorted(Path(cfg.ckpt_dir).glob("step-*"))[:-cfg.keep_last]:
                         shutil.rmtree(old, ignore_errors=True)
                 acc.wait_for_everyone()

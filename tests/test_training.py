@@ -278,23 +278,25 @@ class Dropper(torch.nn.Module):
         return SimpleNamespace(loss=(h * input_ids.float().mean()).sum())
 
 
-model = Dropper()
-train(model, [{"input_ids": [1, 2, 3]}] * 8, None, TrainConfig(max_steps=3, batch_size=2, seed=5, progress=False))
-with open(os.path.join(sys.argv[1], f"rank{os.environ.get('RANK', 0)}.json"), "w") as f:
-    json.dump(model.dropped, f)
+data, out = [{"input_ids": [1, 2, 3]}] * 8, sys.argv[1]
+cfg = TrainConfig(max_steps=4, batch_size=2, seed=5, save_every=2, keep_last=2, ckpt_dir=out, progress=False)
+whole, resumed = Dropper(), Dropper()
+train(whole, data, None, cfg)
+train(resumed, data, None, cfg, resume_from=os.path.join(out, "step-000002"))  # a second train() in this process
+with open(os.path.join(out, f"rank{os.environ.get('RANK', 0)}.json"), "w") as f:
+    json.dump({"whole": whole.dropped, "resumed": resumed.dropped}, f)
 '''
 
 
-def test_each_ddp_process_drops_its_own_units(tmp_path):
+def test_each_ddp_process_drops_its_own_units_and_resumes_them(tmp_path):
     script = tmp_path / "dropout.py"
     script.write_text(DROPOUT_SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(training.__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(training.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     str(script), str(tmp_path)], env=env, check=True, capture_output=True, timeout=240)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 3  # one micro-batch per step and process
-    assert all(0 < sum(m) < 64 for r in ranks for m in r)
-    assert all(a != b for a, b in zip(*ranks))  # same seed, other masks: the processes do not drop in lockstep
-    assert ranks[0][0] != ranks[0][1]  # and each step draws new masks
+    assert all(len(r["whole"]) == 4 and 0 < sum(map(sum, r["whole"])) < 4 * 64 for r in ranks)
+    assert all(a != b for a, b in zip(ranks[0]["whole"], ranks[1]["whole"]))  # not in lockstep: one seed per rank
+    assert ranks[0]["whole"][0] != ranks[0]["whole"][1]  # and each step draws new masks
+    assert all(r["resumed"] == r["whole"][2:] for r in ranks)  # every process resumes its own RNG
