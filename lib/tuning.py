@@ -11,19 +11,28 @@ method then trains through the same core loop and is scored the same way, by eac
 
 peft builds the first two. Its TEXT initialisation re-loads the tokenizer by hub name, which our local and GGUF models
 do not have, so `soft_prompt` copies the init text's embeddings itself (the same arithmetic as peft's).
+
+`sweep_then_seeds` picks a method's learning rate on a validation split at the first seed and reruns the picked rate
+at the other seeds; `compare` and `paired_tests` turn the test predictions of every method and seed into a table with
+95% intervals and exact McNemar tests (`lib.stats`).
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lib.losses import IGNORE_INDEX, verbalizer_logprobs
-from lib.training import collate, train
+from lib.losses import IGNORE_INDEX, pad_id_of, verbalizer_logprobs
+from lib.prompting import metrics
+from lib.stats import accuracy_interval, bootstrap_interval, mcnemar
+from lib.training import TrainConfig, collate, cosine_schedule, train
 
 INITS = ("text", "vocab", "random")
 
@@ -58,10 +67,12 @@ def soft_prompt(model, n_tokens: int, init: str = "text", tokenizer=None, init_t
     return peft_model
 
 
-def lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None):
-    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections)."""
+def lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None,
+         seed: int = 0):
+    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections); A drawn with seed."""
     from peft import LoraConfig, get_peft_model
 
+    torch.manual_seed(seed)
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=list(target_modules) if target_modules else None))
 
@@ -95,3 +106,143 @@ def fit(model, examples: Sequence[dict], cfg, pad_id: int) -> tuple[list[dict], 
     start = time.perf_counter()
     history = train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
     return history, time.perf_counter() - start
+
+
+def adam_move_bound(cfg: TrainConfig) -> float:
+    """The farthest AdamW without weight decay can move any one parameter in a run of `cfg`, whatever the gradients.
+
+    Step t moves a parameter by lr_t · m̂_t / (√v̂_t + ε), and by Cauchy-Schwarz |m̂_t| / √v̂_t ≤ √(Σ_k a_k² / b_k),
+    with a_k and b_k the weights of gradient k in m̂_t and v̂_t. lr_t is read off the very schedule `train` uses.
+    """
+    if cfg.weight_decay:
+        raise ValueError(f"adam_move_bound: weight_decay={cfg.weight_decay} also moves parameters; expected 0")
+    b1, b2 = cfg.betas
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched, total = cosine_schedule(opt, cfg), 0.0
+    for t in range(1, cfg.max_steps + 1):
+        k = np.arange(1, t + 1)
+        a = (1 - b1) * b1 ** (t - k) / (1 - b1 ** t)
+        b = (1 - b2) * b2 ** (t - k) / (1 - b2 ** t)
+        total += sched.get_last_lr()[0] * float(np.sqrt((a * a / b).sum()))
+        opt.step()
+        sched.step()
+    return total
+
+
+def moved(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
+    """How far a tensor moved: relative to its length (Frobenius) and the largest single-entry change."""
+    delta = (after.detach().float() - before.detach().float())
+    return {"moved": (delta.norm() / before.float().norm()).item(), "max_move": delta.abs().max().item()}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled texts scored the one way every method is scored: the label words' log-probabilities."""
+
+    tokenizer: Any
+    template: Any  # a lib.prompting Template
+    texts: list[str]
+    labels: list[int]
+
+    @classmethod
+    def of(cls, tokenizer, template, pairs: Sequence[tuple[str, int]]) -> EvalSet:
+        """From (text, label) pairs."""
+        return cls(tokenizer, template, [t for t, _ in pairs], [y for _, y in pairs])
+
+    def scores(self, model) -> torch.Tensor:
+        """(n, n_labels) log-probabilities of each label word after the filled template."""
+        return verbalizer_logprobs(model, self.tokenizer, self.texts, self.template.text, label_words(self.template))
+
+    def correct(self, model) -> np.ndarray:
+        """Per text: is the model's most likely label the right one."""
+        return self.scores(model).argmax(1).numpy() == np.asarray(self.labels)
+
+    def accuracy(self, model) -> float:
+        """Accuracy of the model's most likely label."""
+        return float(self.correct(model).mean())
+
+
+@dataclass
+class Tuned:
+    """One trained method: its learning-rate sweep at the first seed, the picked rate, and every seed's test scores."""
+
+    sweep: pd.DataFrame  # index lr: val_accuracy (+ Wilson val_low, val_high), loss_first, loss_last, wall_s, extras
+    best_lr: float
+    seeds: list[int]
+    scores: list[torch.Tensor]  # per seed: (n_test, n_labels) label log-probabilities on the test set
+    walls: list[float]  # per seed: training seconds at best_lr
+    histories: dict[float, list[dict]]  # first seed's training history at each lr
+    model: Any  # the first seed's model at best_lr
+    kept: dict[float, Any] = field(default_factory=dict)  # first seed's models at the lrs asked for
+
+    @property
+    def preds(self) -> np.ndarray:
+        """(n_seeds, n_test) predicted labels."""
+        return np.stack([s.argmax(1).numpy() for s in self.scores])
+
+
+def sweep_then_seeds(make: Callable[[int], Any], train_set: Sequence[dict], config: Callable[[float, int], TrainConfig],
+                     lrs: Sequence[float], seeds: Sequence[int], val: EvalSet, test: EvalSet,
+                     extra: Callable[[Any], dict] | None = None, keep: Sequence[float] = ()) -> Tuned:
+    """Train make(seeds[0]) at every lr, pick the best validation accuracy (ties: lower final loss), rerun it at the
+    other seeds; score the picked runs on `test`. `extra(model)` adds sweep columns; `keep` keeps those lrs' models."""
+    rows, histories, kept, best = {}, {}, {}, None
+    for lr in lrs:
+        model = make(seeds[0])
+        histories[lr], wall = fit(model, train_set, config(lr, seeds[0]), pad_id_of(val.tokenizer))
+        acc, low, high = accuracy_interval(val.correct(model))
+        rows[lr] = {"val_accuracy": acc, "val_low": low, "val_high": high, "loss_first": histories[lr][0]["train_loss"],
+                    "loss_last": histories[lr][-1]["train_loss"], "wall_s": wall, **(extra(model) if extra else {})}
+        rank = (rows[lr]["val_accuracy"], -rows[lr]["loss_last"])
+        if best is None or rank > best[0]:
+            best = (rank, lr, model)
+        if lr in keep:
+            kept[lr] = model
+    _, best_lr, best_model = best
+    scores, walls = [test.scores(best_model)], [rows[best_lr]["wall_s"]]
+    for seed in seeds[1:]:
+        model = make(seed)
+        _, wall = fit(model, train_set, config(best_lr, seed), pad_id_of(val.tokenizer))
+        scores.append(test.scores(model))
+        walls.append(wall)
+    sweep = pd.DataFrame.from_dict(rows, orient="index").rename_axis("lr")
+    return Tuned(sweep, best_lr, list(seeds), scores, walls, histories, best_model, kept)
+
+
+def _runs(preds: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """Predictions as an (n_runs, n_items) int array (one run may be given as a flat list)."""
+    a = np.asarray(preds)
+    return a[None] if a.ndim == 1 else a
+
+
+def compare(y_true: Sequence[int], methods: Mapping[str, Any], n_labels: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Per method: runs, mean and sd of test accuracy over runs, a 95% bootstrap interval over the test items of the
+    run-mean accuracy (each item's share of runs that got it right, resampled), and mean macro-F1."""
+    y, rows = np.asarray(y_true), {}
+    for name, preds in methods.items():
+        runs = _runs(preds)
+        correct = (runs == y).astype(float)
+        acc, lo, hi = bootstrap_interval(lambda idx: correct[:, idx].mean(), len(y), seed=seed)
+        accs = correct.mean(1)
+        rows[name] = {"runs": len(runs), "accuracy": acc, "sd": float(accs.std(ddof=1)) if len(runs) > 1 else 0.0,
+                      "ci_low": lo, "ci_high": hi,
+                      "macro_f1": float(np.mean([metrics(y, r, n_labels)["macro_f1"] for r in runs]))}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def paired_tests(y_true: Sequence[int], methods: Mapping[str, Any], pairs: Sequence[tuple[str, str]],
+                 alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Per pair (a, b): the run-mean accuracy difference a - b with its paired 95% bootstrap interval over the items,
+    and exact McNemar p-values of run i of a against run i of b on the same items (a single run is paired with every
+    run of the other); `real` when every p < alpha, an intersection-union test of level alpha."""
+    y, rows = np.asarray(y_true), []
+    for a, b in pairs:
+        ra, rb = _runs(methods[a]) == y, _runs(methods[b]) == y
+        if len(ra) != len(rb) and 1 not in (len(ra), len(rb)):
+            raise ValueError(f"paired_tests: {a} has {len(ra)} runs and {b} {len(rb)}; expected equal counts or one")
+        n = max(len(ra), len(rb))
+        ps = [mcnemar(ra[i % len(ra)], rb[i % len(rb)]) for i in range(n)]
+        diff, low, high = bootstrap_interval(lambda idx: ra[:, idx].mean() - rb[:, idx].mean(), len(y), seed=seed)
+        rows.append({"a": a, "b": b, "difference": diff, "diff_low": low, "diff_high": high,
+                     "mcnemar_p": " / ".join(f"{p:.3f}" for p in ps), "max_p": max(ps), "real": max(ps) < alpha})
+    return pd.DataFrame(rows)
