@@ -63,3 +63,13 @@ def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable
 def fmt_interval(value: float, low: float, high: float, digits: int = 3) -> str:
     """'0.812 [0.770, 0.850]' for tables and prose."""
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_p(p: float) -> str:
+    """'p < 0.001' or 'p = 0.042'."""
+    return "p < 0.001" if p < 1e-3 else f"p = {p:.3f}"
+
+
+def verdict(diff: float, p: float, alpha: float = 0.05) -> str:
+    """'+0.012 (p = 0.210: within the noise)': a difference called real only when the paired test says so."""
+    return f"{diff:+.3f} ({fmt_p(p)}: {'a real difference' if p < alpha else 'within the noise'})"

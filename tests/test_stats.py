@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from lib.stats import accuracy_interval, bootstrap_interval, fmt_interval, mcnemar, paired_bootstrap, wilson_interval
+from lib.stats import (accuracy_interval, bootstrap_interval, fmt_interval, fmt_p, mcnemar, paired_bootstrap, verdict,
+                       wilson_interval)
 
 
 def test_wilson_matches_the_textbook_value():
@@ -41,3 +42,9 @@ def test_bootstrap_and_paired_bootstrap():
 
 def test_fmt_interval():
     assert fmt_interval(0.8125, 0.75, 0.875) == "0.812 [0.750, 0.875]"
+
+
+def test_fmt_p_and_verdict():
+    assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.0421) == "p = 0.042"
+    assert verdict(0.0123, 0.21) == "+0.012 (p = 0.210: within the noise)"
+    assert verdict(-0.05, 0.01).endswith("a real difference)")
