@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from lib.chat import ChatSession, ContextError, GenerationSettings, _partial_end, fit_context
-from lib.data import data_root
 from lib.generation import generate, stream_ids
 from lib.sft import ensure_chat_template, render_ids
 
@@ -16,12 +15,9 @@ TURNS = [{"role": "user", "content": "My name is Lin."}, {"role": "assistant", "
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from lib.models import load_tokenizer
-
-    if not (data_root() / "gpt2-tokenizer" / "tokenizer.json").is_file():
-        pytest.skip(f"no local GPT-2 tokenizer under {data_root()}")
-    return ensure_chat_template(load_tokenizer("gpt2"))
+def tok(gpt2_tok):
+    """GPT-2's tokenizer (or its byte-level stand-in without ../shared/data) with the workbook's chat template."""
+    return ensure_chat_template(gpt2_tok)
 
 
 @pytest.fixture(scope="module")

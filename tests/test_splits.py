@@ -31,11 +31,26 @@ def test_a_split_of_data_with_duplicates_leaks_until_deduplicated():
     assert len(train) + len(held) == 7
 
 
+def _made_up_sources() -> dict:
+    """Stand-ins for the dialogue sets, with their traps: whole conversations repeated (one of them 121 times, as in
+    ChatterBot) in another case and punctuation, prompts with several replies, and conversations shared by sources."""
+    conv = lambda q, a: [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    out = {}
+    for k, name in enumerate(DIALOGUES):
+        convs = [conv(f"question {i} about topic {k}?", f"answer {i % 7} for topic {k}.") for i in range(150)]
+        convs += [conv(f"Question {i} about Topic {k}", f"Answer {i % 7} for topic {k}") for i in range(0, 150, 5)]
+        convs += [conv(f"question {i} about topic {k}?", f"another answer {i}.") for i in range(0, 150, 10)]
+        convs += [conv("hello", "hi there!")] * (121 if name == "chatterbot" else 2) + [conv("shared question", "ok")]
+        out[name] = convs
+    return out
+
+
 def _sources() -> dict:
+    """The real dialogue sets under ../shared/data, else the made-up stand-ins."""
     try:
         return {name: load_dialogues(name)["messages"] for name in DIALOGUES}
-    except DataNotFoundError as e:
-        pytest.skip(f"no local dialogue data under {data_root()}: {e}")
+    except DataNotFoundError:
+        return _made_up_sources()
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
