@@ -18,8 +18,8 @@ setup:
 	$(PYTHON) -m ipykernel install --user --name python3 --display-name "Python 3 (workbook)"
 	$(PYTHON) -m lib.data verify
 
-run:
-	$(PYTHON) -m lib.run --profile $(PROFILE) $(ONLY_ARG)
+run:  # --resume: a notebook that already ran ok at this commit with the same parameters is skipped
+	$(PYTHON) -m lib.run --profile $(PROFILE) --resume $(ONLY_ARG)
 
 smoke:
 	HF_HUB_OFFLINE=1 $(PYTHON) -m lib.run --profile smoke $(ONLY_ARG)

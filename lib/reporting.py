@@ -125,6 +125,11 @@ def load_ledger(profile: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+# While the runner executes a notebook, record() writes to this file instead of metrics.json; the runner merges it
+# into the ledger once the notebook has ended, so a run killed midway leaves the ledger as it was.
+STAGED_LEDGER = "WORKBOOK_STAGED_LEDGER"
+
+
 def _plain(v: Any) -> Any:
     """NumPy/torch scalars (also inside lists and tuples) to plain Python numbers, so that the ledger is plain JSON."""
     if isinstance(v, (list, tuple)):
@@ -144,7 +149,7 @@ Noted = Mapping[str, tuple[float, str]]
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
            references: Noted | None = None, targets: Noted | None = None, claims: Noted | None = None,
            baselines: Noted | None = None) -> dict[str, Any]:
-    """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json (merged, written atomically).
+    """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json, or to the runner's staging file (merged, atomic).
 
     `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
     is shown as the interval of `<name>`). Numbers of other kinds map a metric name to (value, source) and are kept
@@ -158,7 +163,9 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
         for name, pair in (values or {}).items():
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str) and pair[1].strip()):
                 raise ValueError(f"{kind}[{name!r}]: expected (value, source) with a non-empty source, got {pair!r}")
-    ledger = load_ledger(profile)
+    staged = os.environ.get(STAGED_LEDGER)
+    path = Path(staged) if staged else report_dir(profile) / "metrics.json"
+    ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     entry = ledger.get(nb, {"metrics": {}, "key": []})
     entry["metrics"].update({k: _plain(v) for k, v in metrics.items()})
     entry["key"] = list(dict.fromkeys([*entry["key"], *key]))
@@ -167,7 +174,7 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
                                            for k, (v, src) in (values or {}).items()})
     entry["fingerprint"] = fingerprint(cfg)
     ledger[nb] = entry
-    atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+    atomic_write_json(path, ledger)
     return entry
 
 

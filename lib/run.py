@@ -1,25 +1,30 @@
 """Batch runner: execute the notebooks in order with papermill into reports/<profile>/ and write summary.md.
 
-    python -m lib.run --profile smoke|cpu|gpu [--only 01 02] [-p key=value ...]
+    python -m lib.run --profile smoke|cpu|gpu [--only 01 02] [-p key=value ...] [--resume] [--publish]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lib.config import PROFILE_NAMES, ParameterError, notebook_knobs, validate
+from lib.config import PROFILE_NAMES, PROFILES, ParameterError, notebook_knobs, resolve, validate
 from lib.data import REPO_ROOT
-from lib.reporting import (KINDS, atomic_write_bytes, atomic_write_json, atomic_write_text, load_ledger,
-                           report_dir)
+from lib.models import MINI_GPT, models_root
+from lib.reporting import (KINDS, STAGED_LEDGER, atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit,
+                           load_ledger, report_dir)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# The model folders a notebook leaves in models/<profile>/ for the later ones.
+MAKES = {"01_tokenization": ("bpe-tinystories",), "03_pretraining": (MINI_GPT,), "04_fine_tuning": ("mini-gpt-chat",)}
 
 
 def parse_value(text: str) -> Any:
@@ -60,20 +65,54 @@ def select(only: list[str] | None, folder: Path) -> list[Path]:
     return notebooks
 
 
-def _forget(profile: str, notebook: str) -> None:
-    ledger = load_ledger(profile)
-    if ledger.pop(notebook, None) is not None:
-        atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+def needs(notebook: str, profile: str, params: dict[str, Any]) -> set[str]:
+    """The model folders of models/<profile>/ that `notebook` loads with these parameters (made by MAKES)."""
+    if notebook == "03_pretraining":
+        return {"bpe-tinystories"}
+    if not any(notebook in p for p in PROFILES.values()):
+        return set()
+    cfg = resolve(notebook, {**{k: v for k, v in params.items() if k in notebook_knobs(notebook)}, "profile": profile})
+    return {MINI_GPT} & {cfg.get("model"), *(cfg.get("compare_models") or [])}
 
 
-def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, float]:
-    """Run one notebook with papermill; the executed copy lands whole in out_dir. Returns (status, seconds)."""
+def with_prerequisites(selected: list[Path], folder: Path, profile: str,
+                       params: dict[str, Any]) -> tuple[list[Path], list[str]]:
+    """`selected` plus the notebooks that make a model folder one of them needs and that is missing, in order, and a
+    line for each added; raise ParameterError when no notebook can make a missing folder."""
+    makers = {m: nb for nb in select(None, folder) for m in MAKES.get(nb.stem, ())}
+    plan, notes, root = list(selected), [], models_root(profile)
+    for nb in plan:  # grows while it is walked: a notebook added here may need another one
+        for model in sorted(needs(nb.stem, profile, params)):
+            if (root / model).is_dir() or any(model in MAKES.get(p.stem, ()) for p in plan):
+                continue
+            if model not in makers:
+                raise ParameterError(f"{nb.stem} needs {root / model}, which is missing and no notebook makes")
+            plan.append(makers[model])
+            notes.append(f"{makers[model].stem} runs first: {nb.stem} needs {root / model}, which it makes")
+    return sorted(set(plan)), notes
+
+
+def up_to_date(profile: str, notebook: str, parameters: dict[str, Any], commit: str) -> bool:
+    """True when the ledger says the notebook's last run succeeded at this (clean) commit with these parameters."""
+    run = load_ledger(profile).get(notebook, {}).get("run", {})
+    return (run.get("status") == "ok" and run.get("commit") == commit and "+dirty" not in commit
+            and commit != "unknown" and run.get("parameters") == parameters
+            and (report_dir(profile) / f"{notebook}.ipynb").is_file())
+
+
+def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
+    """Run one notebook with papermill; the executed copy lands whole in out_dir.
+
+    Returns (status, seconds, the ledger entries it recorded): the notebook records into a staging file, merged into
+    the ledger only afterwards, so that a run killed midway leaves metrics.json as it was.
+    """
     import papermill as pm
 
     start = time.perf_counter()
     status = "ok"
     with tempfile.TemporaryDirectory() as tmp:  # papermill writes as it goes: keep that out of reports/
-        tmp_out = Path(tmp) / nb.name
+        tmp_out, staged = Path(tmp) / nb.name, Path(tmp) / "ledger.json"
+        os.environ[STAGED_LEDGER] = str(staged)
         try:
             pm.execute_notebook(str(nb), str(tmp_out), parameters=parameters, cwd=str(nb.parent),
                                 kernel_name="python3", progress_bar=True, log_output=False)
@@ -81,9 +120,12 @@ def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, f
             status = f"failed: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
         except Exception as e:  # kernel died, bad notebook JSON, ...
             status = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            del os.environ[STAGED_LEDGER]
         if tmp_out.is_file():
             atomic_write_bytes(out_dir / nb.name, tmp_out.read_bytes())
-    return status, time.perf_counter() - start
+        entries = json.loads(staged.read_text(encoding="utf-8")) if staged.is_file() else {}
+    return status, time.perf_counter() - start, entries
 
 
 def publish(executed: Path, target: Path) -> None:
@@ -101,12 +143,21 @@ def _fmt(v: Any) -> str:
     return f"{int(v):,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def note_run(profile: str, notebook: str, status: str, seconds: float) -> None:
-    """Keep a notebook's last status and wall time in the ledger, beside its metrics."""
+def note_run(profile: str, notebook: str, status: str, seconds: float, entries: dict[str, Any] | None = None,
+             **run: Any) -> None:
+    """Write a notebook's run into the ledger in one go: the entries it recorded (replacing the old ones; without
+    `entries`, the metrics already there stay), its status and wall time, and `run` (commit, parameters)."""
     ledger = load_ledger(profile)
+    if entries is not None:
+        ledger.pop(notebook, None)
+        ledger.update(entries)
     ledger.setdefault(notebook, {"metrics": {}, "key": []})["run"] = \
-        {"status": status, "seconds": round(seconds, 1)}
+        {"status": status, "seconds": round(seconds, 1), **run}
     atomic_write_json(report_dir(profile) / "metrics.json", ledger)
+
+
+def _minutes(seconds: float | None) -> str:
+    return "time unknown" if seconds is None else f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
 
 def _measured(metrics: dict[str, Any], name: str) -> str:
@@ -171,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a notebook parameter (validated first)")
     ap.add_argument("--publish", action="store_true",
                     help="copy each notebook that ran ok, with its outputs, back into notebooks/")
+    ap.add_argument("--resume", action="store_true",
+                    help="skip each notebook whose last run here succeeded at this commit with these parameters")
     ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
@@ -178,23 +231,36 @@ def main(argv: list[str] | None = None) -> int:
             raise ParameterError(f"--profile {args.profile!r}: expected one of {', '.join(PROFILE_NAMES)}")
         notebooks = select(args.only, args.notebooks)
         params = parse_params(args.param, args.profile, notebooks)
+        notebooks, notes = with_prerequisites(notebooks, args.notebooks, args.profile, params)
     except ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in notes:
+        print(line)
     if os.environ.get("WORKBOOK_DATA"):  # the kernels run in notebooks/: make the data root absolute
         os.environ["WORKBOOK_DATA"] = str(Path(os.environ["WORKBOOK_DATA"]).expanduser().resolve())
     os.environ["WORKBOOK_PROFILE"] = args.profile
-    out_dir = report_dir(args.profile)
+    out_dir, commit, ledger = report_dir(args.profile), git_commit(), load_ledger(args.profile)
+    overrides = {nb.stem: {"profile": args.profile, **{k: v for k, v in params.items() if k in notebook_knobs(nb.stem)}}
+                 for nb in notebooks}
+    if args.resume:
+        done = [nb for nb in notebooks if up_to_date(args.profile, nb.stem, overrides[nb.stem], commit)]
+        for nb in done:
+            print(f"{nb.stem}: up to date (ok at {commit[:12]}, same parameters), skipped")
+        notebooks = [nb for nb in notebooks if nb not in done]
+    expected = {nb.stem: ledger.get(nb.stem, {}).get("run", {}).get("seconds") for nb in notebooks}
+    for nb in notebooks:
+        print(f"  {nb.stem}: {_minutes(expected[nb.stem])} (its last run here)", flush=True)
     rows: list[tuple[str, str, float]] = []
     for i, nb in enumerate(notebooks, start=1):
         print(f"[{i}/{len(notebooks)}] {nb.stem} ({args.profile})", flush=True)
-        _forget(args.profile, nb.stem)
-        knobs = notebook_knobs(nb.stem)
-        status, secs = execute(nb, out_dir, {"profile": args.profile,
-                                             **{k: v for k, v in params.items() if k in knobs}})
+        status, secs, entries = execute(nb, out_dir, overrides[nb.stem])
         rows.append((nb.stem, status, secs))
-        note_run(args.profile, nb.stem, status, secs)
-        print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s", flush=True)
+        note_run(args.profile, nb.stem, status, secs, entries, commit=commit, parameters=overrides[nb.stem])
+        left = [expected[n.stem] for n in notebooks[i:]]
+        eta = (f"; the rest {_minutes(sum(left))}, done about "
+               f"{(datetime.now() + timedelta(seconds=sum(left))):%H:%M}" if left and None not in left else "")
+        print(f"[{i}/{len(notebooks)}] {nb.stem}: {status} in {secs:.1f} s{eta}", flush=True)
         atomic_write_text(out_dir / "summary.md", summary_markdown(args.profile))
     if args.publish:  # only now: a notebook copied in earlier would make the next one's fingerprint '+dirty'
         for nb in notebooks:

@@ -118,7 +118,100 @@ def test_publish_copies_only_after_every_notebook_ran(tmp_path, monkeypatch):
         _notebook(tmp_path, name, fail=False)
     monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path / "reports"))
     seen, published = [], []
-    monkeypatch.setattr(run, "execute", lambda nb, out, params: (seen.append((nb.stem, list(published))), ("ok", 0.1))[1])
+    monkeypatch.setattr(run, "execute",
+                        lambda nb, out, params: (seen.append((nb.stem, list(published))), ("ok", 0.1, {}))[1])
     monkeypatch.setattr(run, "publish", lambda executed, target: published.append(target.stem))
     assert main(["--profile", "smoke", "--notebooks", str(tmp_path), "--publish"]) == 0
     assert seen == [("01_a", []), ("02_b", [])] and published == ["01_a", "02_b"]
+
+
+def _fake_execute(calls):
+    """An execute() that records the call and leaves an executed notebook and one ledger entry, as the real one does."""
+    def execute(nb, out_dir, params):
+        calls.append(nb.stem)
+        (out_dir / nb.name).write_text("{}")
+        return "ok", 1.0, {nb.stem: {"metrics": {"n": len(calls)}, "key": ["n"]}}
+    return execute
+
+
+def test_resume_skips_what_ran_ok_at_this_commit_with_these_parameters(tmp_path, monkeypatch, capsys):
+    import lib.run as run
+
+    for name in ("01_a", "02_b"):
+        _notebook(tmp_path, name, fail=False)
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path / "reports"))
+    calls, commit = [], ["abc123"]
+    monkeypatch.setattr(run, "execute", _fake_execute(calls))
+    monkeypatch.setattr(run, "git_commit", lambda: commit[0])
+    args = ["--profile", "smoke", "--notebooks", str(tmp_path)]
+    assert main(args + ["--resume"]) == 0 and calls == ["01_a", "02_b"]
+    assert main(args + ["--resume"]) == 0 and calls == ["01_a", "02_b"]  # nothing left to do
+    assert "01_a: up to date" in capsys.readouterr().out
+    assert main(args + ["--resume", "-p", "seed=3"]) == 0 and calls[2:] == ["01_a", "02_b"]  # other parameters
+    assert main(args + ["--resume", "-p", "seed=3"]) == 0 and len(calls) == 4
+    ledger = json.loads((tmp_path / "reports" / "smoke" / "metrics.json").read_text())
+    ledger["02_b"]["run"]["status"] = "failed: KeyboardInterrupt: "
+    (tmp_path / "reports" / "smoke" / "metrics.json").write_text(json.dumps(ledger))
+    assert main(args + ["--resume", "-p", "seed=3"]) == 0 and calls[4:] == ["02_b"]  # a failed run is redone
+    commit[0] = "abc123+dirty"
+    assert main(args + ["--resume"]) == 0 and calls[5:] == ["01_a", "02_b"]  # uncommitted changes: everything
+    commit[0] = "def456"
+    assert main(args) == 0 and calls[7:] == ["01_a", "02_b"]  # without --resume: everything
+    assert "01_a: ~1 s (its last run here)" in capsys.readouterr().out
+
+
+def test_a_missing_model_runs_the_notebook_that_makes_it_first(tmp_path, monkeypatch, capsys):
+    import lib.run as run
+
+    for name in ("01_tokenization", "03_pretraining", "05_zero_shot_prompting"):
+        _notebook(tmp_path, name, fail=False)
+    monkeypatch.setenv("WORKBOOK_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path / "models"))
+    calls = []
+    monkeypatch.setattr(run, "execute", _fake_execute(calls))
+    args = ["--profile", "smoke", "--notebooks", str(tmp_path), "--only", "05"]
+    assert main(args) == 0 and calls == ["01_tokenization", "03_pretraining", "05_zero_shot_prompting"]
+    out = capsys.readouterr().out
+    assert "03_pretraining runs first: 05_zero_shot_prompting needs" in out and "01_tokenization runs first" in out
+    (tmp_path / "models" / "mini-gpt").mkdir(parents=True)
+    assert main(args) == 0 and calls[3:] == ["05_zero_shot_prompting"]  # the model is there: 05 alone
+    (tmp_path / "models" / "mini-gpt").rmdir()
+    assert main(args + ["-p", "compare_models=[smollm2-135m-instruct]"]) == 0  # no mini-gpt in this run: 05 alone
+    assert calls[4:] == ["05_zero_shot_prompting"]
+    (tmp_path / "03_pretraining.ipynb").unlink()
+    assert main(args) == 2 and "needs" in capsys.readouterr().err and calls[5:] == []  # nothing can make it: refused
+
+
+SLOW = [("profile = None", ["parameters"]),
+        ("import os, time\nfrom lib.reporting import record\n"
+         "record({'notebook': '01_slow', 'profile': profile, 'seed': 0}, {'answer': 41 + bool(os.environ.get('SLOW'))})",
+         []),
+        ("if os.environ.get('SLOW'):\n    open(os.environ['MARKER'], 'w').write(str(os.getpid()))\n    time.sleep(300)",
+         [])]
+
+
+def test_a_run_killed_midway_leaves_ledger_summary_and_reports_as_they_were(tmp_path):
+    import os
+    import signal
+    import time
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src, metadata={"tags": tags}) for src, tags in SLOW]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "01_slow.ipynb")
+    env = {**os.environ, "WORKBOOK_REPORTS": str(tmp_path / "reports"), "MARKER": str(tmp_path / "marker")}
+    cmd = [sys.executable, "-m", "lib.run", "--profile", "smoke", "--notebooks", str(tmp_path)]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "reports" / "smoke"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert json.loads(before["metrics.json"])["01_slow"]["metrics"]["answer"] == 41
+    proc = subprocess.Popen(cmd, env={**env, "SLOW": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "marker").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    kernel = int((tmp_path / "marker").read_text())  # the notebook has recorded 42 by now, into the staging file
+    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(kernel, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
