@@ -1,7 +1,8 @@
 """One training loop for every notebook: pretraining, chat SFT, token classification and prompt tuning.
 
 AdamW (no decay on biases and norm weights), warmup + cosine, gradient accumulation and clipping, token-weighted
-losses, evaluation every N steps, tqdm + TensorBoard + a returned History, and safetensors checkpoints (no pickle)
+losses, evaluation every N steps, tqdm, a returned History and Accelerate's trackers (TensorBoard, Weights & Biases,
+MLflow: `TrainConfig.tracker`), and safetensors checkpoints (no pickle)
 that resume exactly: the batch order is a pure function of (seed, epoch, step) and every RNG state is saved.
 
 Why 🤗 Accelerate and not the 🤗 Trainer: Accelerate gives device placement, bf16 autocast and DDP under
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -121,7 +122,10 @@ class TrainConfig:
     group_by_length: bool = False  # batches of similar lengths: less padding
     shift_labels: bool = True  # causal LM (token t predicts label t+1); False for token classification
     mixed_precision: str = "auto"  # auto: bf16 on CUDA GPUs that support it, else fp32
-    log_dir: str | os.PathLike | None = None  # TensorBoard, e.g. reports/<profile>/tb/<run>
+    log_dir: str | os.PathLike | None = None  # the trackers' folder, e.g. reports/<profile>/tb/<run>; None: no tracking
+    # with log_dir: "tensorboard", "wandb" (offline unless WANDB_API_KEY is set), "mlflow", a tuple of them, or "none";
+    # the default comes from $WORKBOOK_TRACKER, else tensorboard
+    tracker: str | tuple[str, ...] = field(default_factory=lambda: os.environ.get("WORKBOOK_TRACKER", "tensorboard"))
     ckpt_dir: str | os.PathLike | None = None  # checkpoints as <ckpt_dir>/step-000100/
     progress: bool = True  # tqdm bar
 
@@ -146,8 +150,31 @@ class TrainConfig:
         for name in ("log_dir", "ckpt_dir"):
             v = getattr(self, name)
             need(name, v is None or isinstance(v, (str, os.PathLike)), "a path or None")
+        names = (self.tracker,) if isinstance(self.tracker, str) else self.tracker
+        need("tracker", isinstance(names, (tuple, list)) and bool(names) and set(names) <= set(TRACKERS) | {"none"}
+             and ("none" not in names or len(names) == 1), f"one of {', '.join(TRACKERS)}, a tuple of them, or none")
         need("warmup_steps", self.warmup_steps <= self.max_steps, f"<= max_steps={self.max_steps}")
         need("save_every", not self.save_every or self.ckpt_dir is not None, "0 when ckpt_dir is None")
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> the package it needs
+
+
+def trackers(cfg: TrainConfig) -> list[str]:
+    """The trackers a run logs to: none without log_dir; each one's package must be installed."""
+    import importlib.util
+
+    names = [cfg.tracker] if isinstance(cfg.tracker, str) else list(cfg.tracker)
+    if cfg.log_dir is None or names == ["none"]:
+        return []
+    for name in names:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ParameterError(f"TrainConfig.tracker={cfg.tracker!r}: the package {TRACKERS[name]} is not "
+                                 f"installed; `pip install {TRACKERS[name]}` or pick another tracker")
+    if "wandb" in names and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # no login: the run stays in log_dir, `wandb sync` uploads it
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return names
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
@@ -216,7 +243,9 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and torch.cuda.is_available()
                                               and torch.cuda.is_bf16_supported())
     AcceleratorState._reset_state()  # else a second train() in this kernel may not change mixed_precision
-    acc = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=1)  # we accumulate
+    log_with, log_dir = trackers(cfg), Path(cfg.log_dir or ".")
+    acc = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=1,  # we accumulate
+                      log_with=log_with or None, project_dir=log_dir.parent if log_with else None)
     rank, world, dev = acc.process_index, acc.num_processes, acc.device
     set_seed(cfg.seed, device_specific=True)  # seed + rank: dropout differs across processes; batch order is unaffected
     was_training = model.to(dev).training
@@ -250,10 +279,10 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             epochs[epoch] = batch_order(len(train_examples), cfg.batch_size, cfg.seed, epoch, lengths)
         return collate([train_examples[int(i)] for i in epochs[epoch][pos]])
 
-    writer = None
-    if cfg.log_dir is not None and acc.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(cfg.log_dir), purge_step=step or None)
+    if log_with:  # events land in log_dir itself; a resumed run drops the TensorBoard events after its step
+        conf = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(cfg).items()}
+        acc.init_trackers(log_dir.name, config=conf, init_kwargs={"tensorboard": {"purge_step": step or None},
+                                                                  "wandb": {"dir": str(log_dir)}})
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (cfg.progress and acc.is_main_process))
     loss_sum, n_targets, n_tokens = torch.zeros((), dtype=torch.float64, device=dev), 0, 0
     t_start = t_win = time.perf_counter()
@@ -294,9 +323,9 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
                                             cfg.shift_labels, acc)
             history.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            for k in ("train_loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"):
-                if writer is not None and row[k] is not None:
-                    writer.add_scalar(k.replace("_loss", "/loss"), row[k], step)
+            if log_with:
+                acc.log({k.replace("_loss", "/loss"): row[k] for k in ("train_loss", "eval_loss", "lr", "grad_norm",
+                                                                       "tokens_per_s") if row[k] is not None}, step=step)
             if do_save:
                 ranks_rng = {"rng_by_rank": gather_object([rng_state()])} if world > 1 else {}
                 acc.wait_for_everyone()
@@ -312,7 +341,7 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             t_win = time.perf_counter()  # tokens/s leaves out evaluation and saving
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        if log_with:
+            acc.end_training()
         acc.unwrap_model(model, keep_fp32_wrapper=False).train(was_training)  # drops the autocast wrapper
     return history

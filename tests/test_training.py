@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,64 @@ def test_loss_falls_and_history_and_tensorboard(corpus, tmp_path):
     assert hist[-1]["tokens"] == 40 * 16 * 32 and all(r["tokens_per_s"] > 0 for r in hist)
     assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.1)  # cosine ends at lr * min_lr_ratio
     assert model.training and list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def _wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows of an offline W&B run, read from its .wandb file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(run_dir.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunks, rows = 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record.FromString(chunks)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            chunks = b""
+    return rows
+
+
+def test_trackers_tensorboard_and_offline_wandb_hold_the_history(corpus, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    blocks = pack(corpus["docs"], 32, corpus["eos"])
+    cfg = quiet(max_steps=6, batch_size=8, log_every=2, eval_every=3, log_dir=tmp_path / "run",
+                tracker=("tensorboard", "wandb"))
+    hist = train(tiny_gpt(corpus["vocab_size"]), blocks[:-16], blocks[-16:], cfg)
+    assert os.environ["WANDB_MODE"] == "offline"  # no login: nothing leaves the machine
+    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    for tag, key in (("train/loss", "train_loss"), ("eval/loss", "eval_loss"), ("lr", "lr")):
+        steps, values = hist.column(key)
+        assert [e.step for e in events.Scalars(tag)] == steps
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx(values, rel=1e-6)
+    deadline = time.time() + 60  # wandb's service process may still be flushing the file
+    while len(wandb_rows := [r for r in _wandb_history(tmp_path / "run") if "train/loss" in r]) < len(hist) \
+            and time.time() < deadline:
+        time.sleep(0.5)
+    assert [r["_step"] for r in wandb_rows] == hist.column("train_loss")[0]
+    assert [r["train/loss"] for r in wandb_rows] == pytest.approx(hist.column("train_loss")[1], rel=1e-9)
+    assert [r["tokens_per_s"] for r in wandb_rows] == pytest.approx([r["tokens_per_s"] for r in hist], rel=1e-9)
+
+
+def test_tracker_knob_is_checked(monkeypatch, tmp_path):
+    with pytest.raises(ParameterError, match="TrainConfig.tracker='tensorbored': expected one of"):
+        TrainConfig(tracker="tensorbored")
+    with pytest.raises(ParameterError, match="TrainConfig.tracker"):
+        TrainConfig(tracker=("none", "wandb"))
+    monkeypatch.setitem(training.TRACKERS, "mlflow", "no_such_package_here")
+    with pytest.raises(ParameterError, match="no_such_package_here is not installed"):
+        training.trackers(TrainConfig(tracker="mlflow", log_dir=tmp_path))
+    assert training.trackers(TrainConfig(tracker="mlflow")) == []  # no log_dir: no tracking at all
+    monkeypatch.setenv("WORKBOOK_TRACKER", "none")
+    assert TrainConfig().tracker == "none" and training.trackers(TrainConfig(log_dir=tmp_path)) == []
 
 
 def test_evaluate_restores_mode_and_weights_tokens(corpus):
