@@ -140,7 +140,7 @@ KNOBS: dict[str, Knob] = {
     "ner_test_sentences": Knob(int, "CoNLL-2003 test sentences scored (capped at 3,453)", positive=True),
     "ner_epochs": Knob(float, "passes over the NER training sentences", positive=True),
     "ner_strategies": Knob(list, "subword label alignments trained and compared", item=str,
-                           choices=("first", "all", "last")),
+                           choices=("first", "all", "last", "lookahead")),
     "few_shot": Knob(int, "labelled training queries per intent (the 10-shot setting)", positive=True),
     "val_per_intent": Knob(int, "validation queries per intent (methods and thresholds are picked on them)",
                            positive=True),

@@ -113,15 +113,27 @@ def load_causal_lm(name: str, device: str = "cpu", dtype=None):
     return model.to(device).eval()
 
 
-def load_token_classifier(name: str, labels: list[str], device: str = "cpu"):
-    """A token-classification model (new head over `labels`) from any of our model names."""
+def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bidirectional: bool = False):
+    """A token-classification model (new head over `labels`) from any of our model names; optionally bidirectional."""
     from transformers import AutoModelForTokenClassification
 
     model = _load(AutoModelForTokenClassification, name, num_labels=len(labels),
                   id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)})
     if model.config.pad_token_id is None:  # GPT-2 has none; the head needs one to find sequence ends
         model.config.pad_token_id = model.config.eos_token_id
-    return model.to(device)
+    return (set_causal(model, False) if bidirectional else model).to(device)
+
+
+def set_causal(model, causal: bool):
+    """Switch a decoder's causal mask on or off (off: every position attends to the whole input, padding excepted).
+
+    transformers 5's own switch (huggingface/transformers#43705): with `config.is_causal = False` the decoder builds
+    a bidirectional mask instead of the causal one and tells SDPA / flash attention not to add theirs; it holds for
+    GPT-2 and Llama-style models (SmolLM2), survives save_pretrained, and changes no weight: the model keeps its
+    pretrained weights and learns to use the right context during fine-tuning (LS-unLLaMA, Li et al. 2023).
+    """
+    model.config.is_causal = bool(causal)
+    return model
 
 
 def context_length(model) -> int | None:

@@ -3,7 +3,14 @@
 Words are tokenized one by one with a leading space, which is what a byte-level BPE's `add_prefix_space=True` does:
 "EU" becomes "ĠEU", as it would inside running text, and not the rarer word-initial pieces "E", "U". The word each
 piece came from is kept, so labels go from words to pieces (`align_labels`) and predictions come back to words
-(`words_from_pieces`) at the first piece of each word (at the last piece for the 'last' strategy).
+(`words_from_pieces`) at the piece that labels each word (`word_positions`): its first piece, its last piece for the
+'last' strategy, or the next word's first piece for 'lookahead'.
+
+A left-to-right model labels a word before it has seen the next one. Three ways to give it right context, all on the
+same model: 'last' (the whole word), 'lookahead' (the word and the next word's first piece: word i is labelled at
+word i+1's first piece, the last word at an eos piece `encode` appends), and bidirectional attention during
+fine-tuning (`train_tagger(..., bidirectional=True)`, see lib.models.set_causal). Tags are read per word by argmax or
+by Viterbi decoding restricted to valid IOB2 sequences (`decode`, over the log-probabilities of `word_scores`).
 """
 from __future__ import annotations
 
@@ -17,9 +24,12 @@ import torch
 
 from lib.losses import IGNORE_INDEX
 
-# Label a word's first piece only (others -100), every piece (B- becomes I- after the first), or its last piece only:
-# a left-to-right model has seen the whole word only at its last piece. Predictions are read where the labels sit.
-STRATEGIES = ("first", "all", "last")
+# Label a word's first piece only (others -100), every piece (B- becomes I- after the first), its last piece only (a
+# left-to-right model has seen the whole word only at its last piece), or the next word's first piece ('lookahead':
+# the whole word and one piece of right context; the last word at an appended eos). Predictions are read where the
+# labels sit ('first' for 'all').
+STRATEGIES = ("first", "all", "last", "lookahead")
+READ_AT = ("first", "last", "lookahead")
 ERROR_KINDS = ("type", "boundary", "boundary+type", "missed", "spurious")
 
 
@@ -41,8 +51,41 @@ def word_pieces(tokenizer, words: Sequence[str], lowercase: bool = False) -> tup
 
 
 def read_at(strategy: str) -> str:
-    """Where a strategy's predictions are read: the last piece for 'last', else the first."""
-    return "last" if strategy == "last" else "first"
+    """Where a strategy's predictions are read: the first piece for 'all', else where its labels sit."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    return "first" if strategy == "all" else strategy
+
+
+def end_piece(tokenizer) -> int:
+    """The piece 'lookahead' appends after every sentence, so that its last word has a next piece: the eos id."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("strategy='lookahead' labels the last word at an appended eos piece, but the tokenizer has "
+                         "no eos_token")
+    return int(tokenizer.eos_token_id)
+
+
+def word_positions(word_ids: Sequence[int], at: str = "first", n_words: int | None = None) -> list[int]:
+    """Index of the piece that labels each word: its 'first' or 'last' piece, or the next word's first ('lookahead').
+
+    Under 'lookahead' word n_words is the end piece `encode` appends; without n_words it is the largest word id.
+    """
+    if at not in READ_AT:
+        raise ValueError(f"at={at!r}: expected one of {', '.join(READ_AT)}")
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, w in enumerate(word_ids):
+        first.setdefault(w, k)
+        last[w] = k
+    ahead = at == "lookahead"
+    n = n_words if n_words is not None else max(word_ids, default=-1) + (not ahead)
+    for w in range(n + ahead):
+        if w not in first:
+            if ahead and w == n:
+                raise ValueError(f"at='lookahead' reads word {n - 1} at the first piece of word {n}, the end piece "
+                                 "that encode appends, but word_ids has none")
+            raise ValueError(f"word {w} has no piece")
+    return [first[w + 1] if ahead else (last if at == "last" else first)[w] for w in range(n)]
 
 
 def continuation_ids(names: Sequence[str]) -> dict[int, int]:
@@ -56,30 +99,26 @@ def continuation_ids(names: Sequence[str]) -> dict[int, int]:
 
 def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str],
                  strategy: str = "first") -> list[int]:
-    """Piece labels from word labels: a word's 'first' or 'last' piece (others -100), or 'all' its pieces."""
+    """Piece labels from word labels: -100 except at each word's `word_positions`, or for 'all' on all its pieces.
+
+    For 'lookahead' word_ids ends with the end piece (word len(word_labels)), as `encode` makes it.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if strategy != "all":
+        out = [IGNORE_INDEX] * len(word_ids)
+        for k, y in zip(word_positions(word_ids, strategy, len(word_labels)), word_labels):
+            out[k] = y
+        return out
     cont = continuation_ids(names)
-    out = []
-    for k, w in enumerate(word_ids):
-        y = word_labels[w]
-        first, last = k == 0 or word_ids[k - 1] != w, k == len(word_ids) - 1 or word_ids[k + 1] != w
-        keep = {"first": first, "last": last, "all": True}[strategy]
-        out.append(IGNORE_INDEX if not keep else y if first or strategy == "last" else cont.get(y, y))
-    return out
+    return [word_labels[w] if k == 0 or word_ids[k - 1] != w else cont.get(word_labels[w], word_labels[w])
+            for k, w in enumerate(word_ids)]
 
 
 def words_from_pieces(word_ids: Sequence[int], piece_values: Sequence[int], n_words: int | None = None,
                       at: str = "first") -> list[int]:
-    """One value per word: the value at the word's first (or `at`="last") piece; labels or predictions alike."""
-    n = n_words if n_words is not None else (max(word_ids) + 1 if word_ids else 0)
-    out: list[int | None] = [None] * n
-    for w, v in zip(word_ids, piece_values):
-        if out[w] is None or at == "last":
-            out[w] = int(v)
-    if None in out:
-        raise ValueError(f"word {out.index(None)} has no piece")
-    return out  # type: ignore[return-value]
+    """One value per word: the value at the word's `word_positions` piece; labels or predictions alike."""
+    return [int(piece_values[k]) for k in word_positions(word_ids, at, n_words)]
 
 
 def encode(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]], names: Sequence[str],
@@ -87,12 +126,17 @@ def encode(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequenc
     """Training/evaluation examples; a sentence longer than max_length pieces is cut into word-aligned chunks.
 
     Each example: input_ids, labels (aligned by `strategy`), word_ids (within the sentence), sentence (its index).
+    'lookahead' appends an eos piece (word id = number of words) that carries the last word's label; a chunk's last
+    word is then labelled at the next chunk's first piece, which cannot see it: chunks are rare, keep max_length long.
     """
     out = []
+    eos = end_piece(tokenizer) if strategy == "lookahead" else None
     for s, (words, labels) in enumerate(zip(sentences, tags)):
         if len(words) != len(labels):
             raise ValueError(f"sentence {s}: {len(words)} words but {len(labels)} tags")
         ids, wids = word_pieces(tokenizer, words, lowercase)
+        if eos is not None:
+            ids, wids = ids + [eos], wids + [len(words)]
         pieces = align_labels(wids, labels, names, strategy)
         start = 0
         while start < len(ids):
@@ -109,22 +153,26 @@ def encode(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequenc
 
 def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mapping[str, Any]], *, epochs: float,
                  batch_size: int, lr: float, seed: int = 0, pad_id: int = 0, device: str = "cpu",
-                 progress: bool = True):
-    """(model, history): a fresh token classifier trained with the shared core (warmup 10%, length-grouped batches)."""
+                 progress: bool = True, bidirectional: bool = False, mixed_precision: str = "auto"):
+    """(model, history): a fresh token classifier trained with the shared core (warmup 10%, length-grouped batches).
+
+    bidirectional: fine-tune (and predict) without the causal mask; mixed_precision: TrainConfig's (auto, no, bf16).
+    """
     from lib.models import load_token_classifier
     from lib.training import TrainConfig, collate, train
 
-    model = load_token_classifier(model_name, list(names), device)
+    model = load_token_classifier(model_name, list(names), device, bidirectional=bidirectional)
     steps = math.ceil(epochs * len(examples) / batch_size)
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10, seed=seed,
-                      shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress)
+                      shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress,
+                      mixed_precision=mixed_precision)
     return model, train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
 
 
 @torch.no_grad()
-def predict(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
-            batch_size: int = 64, at: str = "first") -> list[list[int]]:
-    """Predicted tag id of every word, one list per sentence (argmax at each word's first or last piece; eval mode)."""
+def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
+                batch_size: int = 64, at: str = "first", log_probs: bool = True) -> list[np.ndarray]:
+    """Tag log-probabilities (or logits) of every word, one float32 (words, tags) array per sentence (eval mode)."""
     from tqdm.auto import tqdm
 
     from lib.training import collate
@@ -132,24 +180,89 @@ def predict(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    pieces: list[list[tuple[int, list[int], list[int]]]] = [[] for _ in n_words]
+    pieces: list[list[tuple[int, np.ndarray, list[int]]]] = [[] for _ in n_words]
+    n_tags = 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
     for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False):
         chunk = [examples[i] for i in order[start:start + batch_size]]
         batch = collate([{"input_ids": e["input_ids"]} for e in chunk], pad_id)
         mask = batch["attention_mask"].to(device)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask).logits
-        best = logits.argmax(-1).cpu().tolist()
-        for e, row in zip(chunk, best):
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask).logits.float()
+        rows = (logits.log_softmax(-1) if log_probs else logits).cpu().numpy()
+        n_tags = rows.shape[-1]
+        for e, row in zip(chunk, rows):
             pieces[e["sentence"]].append((e["word_ids"][0], row[:len(e["input_ids"])], e["word_ids"]))
     model.train(was_training)
     out = []
     for s, parts in enumerate(pieces):
         parts.sort(key=lambda p: p[0])  # chunks of one sentence back in order
         wids = [w for _, _, ws in parts for w in ws]
-        vals = [v for _, vs, _ in parts for v in vs]
-        out.append(words_from_pieces(wids, vals, n_words[s], at))
+        vals = np.concatenate([v for _, v, _ in parts]) if parts else np.zeros((0, n_tags), np.float32)
+        out.append(vals[word_positions(wids, at, n_words[s])])
     return out
+
+
+def predict(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
+            batch_size: int = 64, at: str = "first") -> list[list[int]]:
+    """Predicted tag id of every word, one list per sentence (argmax of the logits at each word's `at` piece)."""
+    return [row.argmax(-1).tolist() for row in word_scores(model, examples, n_words, pad_id, batch_size, at, False)]
+
+
+# ---------------------------------------------------------------- decoding: argmax or IOB2-constrained Viterbi
+
+DECODERS = ("argmax", "viterbi")
+
+
+def _tag_parts(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(prefix, type) of every IOB2 tag name: ('O', '') or ('B', X) / ('I', X); anything else raises."""
+    parts = []
+    for n in names:
+        if n != "O" and not (n[:2] in ("B-", "I-") and len(n) > 2):
+            raise ValueError(f"names: {n!r} is not an IOB2 tag (expected O, B-<type> or I-<type>) in {list(names)}")
+        parts.append(("O", "") if n == "O" else (n[0], n[2:]))
+    return parts
+
+
+def allowed_transitions(names: Sequence[str]) -> np.ndarray:
+    """(tags, tags) bool matrix, [i, j] = may tag j follow tag i in IOB2: I-X only after B-X or I-X."""
+    parts = _tag_parts(names)
+    return np.array([[q != "I" or (p != "O" and x == y) for q, y in parts] for p, x in parts], dtype=bool)
+
+
+def allowed_starts(names: Sequence[str]) -> np.ndarray:
+    """(tags,) bool: may a sentence start with this tag in IOB2 (anything but I-X)."""
+    return np.array([p != "I" for p, _ in _tag_parts(names)], dtype=bool)
+
+
+def viterbi(scores: np.ndarray, names: Sequence[str]) -> list[int]:
+    """The valid IOB2 tag-id sequence with the highest summed score; scores: (words, tags) log-probs or logits."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] != len(names):
+        raise ValueError(f"scores: expected shape (words, {len(names)}), got {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores: expected finite numbers (log-probabilities or logits), got NaN or infinity")
+    if not len(s):
+        return []
+    step = np.where(allowed_transitions(names), 0.0, -np.inf)  # [previous tag, tag]
+    best = s[0] + np.where(allowed_starts(names), 0.0, -np.inf)
+    back = np.zeros(s.shape, dtype=np.int64)
+    for t in range(1, len(s)):
+        cand = best[:, None] + step
+        back[t] = cand.argmax(0)
+        best = cand[back[t], np.arange(len(names))] + s[t]
+    path = [int(best.argmax())]
+    for t in range(len(s) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+def decode(scores: Sequence[np.ndarray], names: Sequence[str], method: str = "viterbi") -> list[list[int]]:
+    """Tag ids per sentence from `word_scores`: per-word 'argmax', or IOB2-constrained 'viterbi'."""
+    if method not in DECODERS:
+        raise ValueError(f"method={method!r}: expected one of {', '.join(DECODERS)}")
+    if method == "argmax":
+        return [np.asarray(s).argmax(-1).tolist() for s in scores]
+    return [viterbi(s, names) for s in scores]
 
 
 # ---------------------------------------------------------------- metrics
