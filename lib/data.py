@@ -491,7 +491,9 @@ def _class_names(feature: object) -> list[str] | None:
 
 
 def _one_field(value: str, what: str) -> str:
-    """A CoNLL field as it is; a value that is empty or holds whitespace would break the columns: ValueError."""
+    """A CoNLL field as it is; a value that is not a string, is empty or holds whitespace raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: {value!r}; expected a string (tag ids need the column's ClassLabel names)")
     if not value or any(c.isspace() for c in value):
         raise ValueError(f"{what}: {value!r}; expected a non-empty value without whitespace (CoNLL columns are "
                          "space-separated)")
@@ -569,10 +571,12 @@ class HubFetch:
 
 
 def _fetch_conll2003() -> dict[str, str | bytes]:
+    """The three CoNLL-2003 splits as CoNLL text."""
     return {rel: "\n".join(to_conll_lines(_hub_conll2003(split))) for split, rel in CONLL_SPLITS.items()}
 
 
 def _fetch_tsv(name: str) -> dict[str, str | bytes]:
+    """A classification set as its TSV, texts as the hub has them (SST-2's trailing spaces kept)."""
     spec = DATASETS[name]
     return {spec.file: to_tsv(_hub_classification(name, strip=False), spec.header, label_ids=name == "sst2")}
 
@@ -581,6 +585,7 @@ TINYSTORIES_HEAD_BYTES = {"train": 4_192_330, "validation": 794_375}  # the shar
 
 
 def _fetch_tinystories() -> dict[str, str | bytes]:
+    """Heads of TinyStories train (lower-cased) and validation, streamed: only the head is downloaded."""
     c = CORPORA["tinystories"]
     return {c.files[split]: to_story_text((r["text"] for r in _from_hub(c.hub, split=split, streaming=True)),
                                           lower=split == "train", max_bytes=size)
@@ -588,6 +593,7 @@ def _fetch_tinystories() -> dict[str, str | bytes]:
 
 
 def _fetch_wikitext() -> dict[str, str | bytes]:
+    """WikiText-2 (tokenized, v1) validation and test as its token files."""
     c = CORPORA["wikitext-2"]
     return {rel: to_wikitext(_from_hub(c.hub, c.hub_config, split=split)["text"]) for split, rel in c.files.items()}
 
@@ -597,6 +603,7 @@ GPT2_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
 
 def _fetch_gpt2_tokenizer() -> dict[str, str | bytes]:
+    """GPT-2's tokenizer files, byte for byte from the hub."""
     from huggingface_hub import hf_hub_download
 
     return {f"gpt2-tokenizer/{f}": Path(hf_hub_download("openai-community/gpt2", f)).read_bytes()
@@ -619,6 +626,7 @@ FETCH: dict[str, HubFetch] = {
 
 
 def _first_line(err: Exception) -> str:
+    """'ErrorType: the message's first line', at most 160 characters of it."""
     text = str(err).strip().splitlines()
     line = text[0] if text else ""
     return f"{type(err).__name__}: {line if len(line) <= 160 else line[:159] + '…'}"

@@ -90,6 +90,9 @@ def test_conll_lines_refuse_what_would_break_the_columns():
     with pytest.raises(ValueError, match=r"row 0 tokens: 'New York'.*without whitespace"):
         D.to_conll_lines(ds.map(lambda r, i: {"tokens": ["New York", *r["tokens"][1:]]} if i == 0 else {},
                                 with_indices=True))
+    plain = ds.cast_column("pos_tags", List(Value("int64")))  # ids whose names were lost
+    with pytest.raises(ValueError, match=r"row 0 pos_tags: 22; expected a string \(tag ids need the"):
+        D.to_conll_lines(plain)
 
 
 @pytest.mark.parametrize("name, make", [("sst2", hub_sst2), ("ag_news", hub_ag_news), ("banking77", hub_banking)])
