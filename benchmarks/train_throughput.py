@@ -9,6 +9,12 @@ rounds of the ratio within a round, which stands up to other processes using the
 
     python benchmarks/train_throughput.py            # ~2.5 minutes on 2 idle CPU cores
     python benchmarks/train_throughput.py --quick    # ~1 minute, a smoke test
+    python benchmarks/train_throughput.py --device cuda --quick   # one GPU: every method in bf16 autocast, MFU
+                                                                  # against the GPU's dense bf16 peak
+
+--device cpu (the default) keeps every method on the CPU even where a GPU is present (ACCELERATE_USE_CPU=1), in fp32.
+--device cuda runs every method on the GPU in bf16 autocast (ours: TrainConfig.mixed_precision="bf16"; the Trainer:
+bf16=True) and times the steps with CUDA events, so that timing adds no synchronisation.
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ from lib.training import TrainConfig, batch_order, collate, count_targets, train
 from lib.training import flops_per_token as training_flops_per_token  # noqa: E402
 
 BATCH, MAX_LEN, LR = 16, 256, 3e-4
+DEVICE = "cpu"  # set by main(): "cpu" or "cuda"; on cuda every method runs in bf16 autocast
+# Dense bf16 peak FLOP/s by GPU name (NVIDIA data sheets; without sparsity). First match wins: PCIe before SXM.
+BF16_PEAK = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
 
 def load_examples(n: int) -> tuple[list[dict], int]:
@@ -47,30 +56,49 @@ def make_model(vocab_size: int) -> GPT2LMHeadModel:
     """The benchmark model, with the same initial weights every time."""
     torch.manual_seed(0)
     return GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=256, vocab_size=vocab_size, n_positions=MAX_LEN,
-                                      bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM"))
+                                      bos_token_id=0, eos_token_id=0, loss_type="ForCausalLM")).to(DEVICE)
+
+
+def autocast():
+    """bf16 autocast on the GPU, nothing on the CPU: the precision every method gets."""
+    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda")
 
 
 class Meter:
-    """Start time and real target tokens of every forward call of a model: the same yardstick for every method."""
+    """Start time and real target tokens of every forward call of a model: the same yardstick for every method.
+
+    On the GPU the times are CUDA events and the counts stay device tensors until the end: measuring adds no sync.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.times: list[float] = []
-        self.tokens: list[int] = []
+        self.times: list = []
+        self.tokens: list = []
         model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs) -> None:
-        self.times.append(time.perf_counter())
-        self.tokens.append(count_targets({"labels": kwargs["labels"]}))
+        labels = kwargs["labels"]
+        if DEVICE == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.times.append(event)
+            self.tokens.append((labels[:, 1:] != -100).sum())
+        else:
+            self.times.append(time.perf_counter())
+            self.tokens.append(count_targets({"labels": labels}))
 
     def tokens_per_s(self) -> float:
         """Steady state: tokens of steps 1..S-1 over the time from the first forward to the last (no setup)."""
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+            return float(sum(int(t) for t in self.tokens[:-1])) / (self.times[0].elapsed_time(self.times[-1]) / 1e3)
         return sum(self.tokens[:-1]) / (self.times[-1] - self.times[0])
 
 
 def run_ours(examples: list[dict], vocab: int, steps: int) -> Meter:
     model = make_model(vocab)
     meter = Meter(model)
-    cfg = TrainConfig(max_steps=steps, batch_size=BATCH, lr=LR, warmup_steps=1, group_by_length=True, progress=False)
+    cfg = TrainConfig(max_steps=steps, batch_size=BATCH, lr=LR, warmup_steps=1, group_by_length=True, progress=False,
+                      mixed_precision="bf16" if DEVICE == "cuda" else "no")
     train(model, examples, None, cfg)
     return meter
 
@@ -80,10 +108,12 @@ def run_bare(examples: list[dict], vocab: int, steps: int) -> Meter:
     model = make_model(vocab)
     meter = Meter(model)
     order = batch_order(len(examples), BATCH, 0, 0, [len(e["input_ids"]) for e in examples])
-    batches = [collate([examples[i] for i in idx]) for idx in order[:steps]]
+    batches = [{k: v.to(DEVICE) for k, v in collate([examples[i] for i in idx]).items()} for idx in order[:steps]]
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, fused=True)
     for b in batches:
-        model(**b).loss.backward()
+        with autocast():
+            loss = model(**b).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return meter
@@ -110,7 +140,8 @@ def run_trainer(examples: list[dict], vocab: int, steps: int, strategy: str) -> 
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
                                  warmup_steps=1, lr_scheduler_type="cosine", weight_decay=0.1, max_grad_norm=1.0,
                                  report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no",
-                                 disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
+                                 disable_tqdm=True, use_cpu=DEVICE == "cpu", bf16=DEVICE == "cuda", seed=0,
+                                 dataloader_num_workers=0,
                                  train_sampling_strategy="random" if strategy == "ours" else strategy)
         trainer = (SameBatches if strategy == "ours" else Trainer)(model=model, args=args, train_dataset=ds,
                                                                    data_collator=collate)
@@ -132,7 +163,8 @@ def run_seed(examples: list[dict], vocab: int, steps: int) -> Meter:
     for step, batch in enumerate(loader):
         if step == steps:
             break
-        loss = model(**batch).loss
+        with autocast():
+            loss = model(**{k: v.to(DEVICE) for k, v in batch.items()}).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -140,15 +172,25 @@ def run_seed(examples: list[dict], vocab: int, steps: int) -> Meter:
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Measured fp32 matmul FLOP/s (best of `reps` timed n×n torch.mm)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """Measured matmul FLOP/s (best of `reps` timed n×n torch.mm): fp32 on the CPU, bf16 on the GPU."""
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         a @ b
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+def bf16_peak(name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU by its name (torch.cuda.get_device_name), None when not in BF16_PEAK."""
+    return next((peak for key, peak in BF16_PEAK if key in name), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke test: 2 rounds of fewer steps")
     p.add_argument("--rounds", type=int, default=None, help="interleaved repeats (default 7, --quick 2)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (fp32) or one GPU (bf16 autocast)")
     a = p.parse_args(argv)
+    global DEVICE
+    DEVICE = a.device
+    if DEVICE == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # lib.training's Accelerator would otherwise take a GPU that is there
+    elif not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        p.error("--device cuda: no CUDA GPU with bf16 here")
     rounds = a.rounds or (2 if a.quick else 7)
     steps = dict(ours=6, bare=6, trainer=6, trainer_same=6, trainer_random=6, seed=3) if a.quick else \
         dict(ours=14, bare=14, trainer=14, trainer_same=14, trainer_random=12, seed=4)
@@ -182,20 +231,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}/{rounds}: " + "  ".join(f"{m} {v[-1]:.0f}" for m, v in speed.items())
               + f"  tok/s; load {os.getloadavg()[0]:.1f}", flush=True)
     med = {m: statistics.median(v) for m, v in speed.items()}
-    peak = max(peaks)
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else None
+    peak = (gpu and bf16_peak(gpu)) or max(peaks)
+    peak_note = (f"{gpu}'s dense bf16 peak from its data sheet, {peak / 1e12:.0f} TFLOP/s (best measured bf16 "
+                 f"2048x2048 torch.mm: {max(peaks) / 1e12:.0f} TFLOP/s)" if gpu and bf16_peak(gpu) else
+                 f"best measured {'bf16' if gpu else 'fp32'} 2048x2048 torch.mm of the run, {peak / 1e9:.0f} GFLOP/s"
+                 + (f" ({gpu}: no data-sheet peak in BF16_PEAK)" if gpu else ""))
     model = make_model(vocab)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n)  # wte counted once: lm_head
     mean_len = statistics.mean(lengths)
     flops_per_token = training_flops_per_token(model, mean_len)
     print(f"\nmodel: GPT-2 4 layers x 256, vocab {vocab}, {n_params / 1e6:.2f}M params without wpe; data: "
           f"{len(examples)} TinyStories paragraphs (GPT-2 tokens), mean {mean_len:.1f}, max {max(lengths)}; "
-          f"batch {BATCH}; {torch.get_num_threads()} torch threads; {rounds} interleaved rounds, median")
+          f"batch {BATCH}; " + (f"{gpu}, bf16 autocast" if gpu else f"{torch.get_num_threads()} torch threads")
+          + f"; {rounds} interleaved rounds, median")
     print(f"{'method':<42} {'tok/s':>7} {'min':>7} {'max':>7} {'MFU':>6}")
     for m in methods:
         print(f"{labels[m]:<42} {med[m]:7.0f} {min(speed[m]):7.0f} {max(speed[m]):7.0f} "
               f"{flops_per_token * med[m] / peak:6.1%}")
-    print(f"MFU = (6N + 12·L·d·T) · tok/s / peak, {flops_per_token / 1e6:.1f} MFLOP per token; peak = best fp32 "
-          f"2048x2048 torch.mm of the run, {peak / 1e9:.0f} GFLOP/s")
+    print(f"MFU = (6N + 12·L·d·T) · tok/s / peak, {flops_per_token / 1e6:.1f} MFLOP per token; peak = {peak_note}")
     print("\nratio (median over rounds of the ratio within a round)")
     for num, den, target in (("ours", "bare", 0.95), ("ours", "trainer", 1.0), ("ours", "trainer_same", 1.0),
                              ("ours", "trainer_random", 1.0), ("ours", "seed", 2.0)):

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import yaml
 from datasets import ClassLabel, Dataset, Features, List, Value
@@ -281,12 +282,15 @@ def load_classification(name: str, strip: bool = True) -> Dataset:
         feats = Features({"text": Value("string"), "label": ClassLabel(names=names)})
         return Dataset.from_dict({"text": texts, "label": ids}, features=feats)
 
-    def hub() -> Dataset:
-        ds = _from_hub(spec.hub, split=spec.hub_split)
-        ds = ds.rename_column(spec.text_col, "text") if spec.text_col != "text" else ds
-        return ds.map(lambda r: {"text": r["text"].strip()}) if strip else ds
+    return _load(f"dataset {name}", [spec.file], local, spec.hub, lambda: _hub_classification(name, strip))
 
-    return _load(f"dataset {name}", [spec.file], local, spec.hub, hub)
+
+def _hub_classification(name: str, strip: bool) -> Dataset:
+    """The hub copy of a classification set, its text column renamed 'text' (stripped when `strip`)."""
+    spec = DATASETS[name]
+    ds = _from_hub(spec.hub, split=spec.hub_split)
+    ds = ds.rename_column(spec.text_col, "text") if spec.text_col != "text" else ds
+    return ds.map(lambda r: {"text": r["text"].strip()}) if strip else ds
 
 
 def _line_of_row(path: Path, header: bool, row: int) -> int:
@@ -363,6 +367,7 @@ def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS, scheme: str = "
 
 
 CONLL_SPLITS = {"train": "conll2003/train.txt", "validation": "conll2003/valid.txt", "test": "conll2003/test.txt"}
+CONLL_HUB = "eriktks/conll2003"
 
 
 def load_conll2003(split: str = "train", scheme: str = "iob2") -> Dataset:
@@ -382,10 +387,12 @@ def load_conll2003(split: str = "train", scheme: str = "iob2") -> Dataset:
     def local() -> Dataset:
         return Dataset.from_dict(read_conll(data_root() / rel, scheme=scheme), features=feats)
 
-    def hub() -> Dataset:
-        return _from_hub("eriktks/conll2003", split=split, revision="refs/convert/parquet")
+    return _load(f"CoNLL-2003/{split}", [rel], local, CONLL_HUB, lambda: _hub_conll2003(split))
 
-    return _load(f"CoNLL-2003/{split}", [rel], local, "eriktks/conll2003", hub)
+
+def _hub_conll2003(split: str) -> Dataset:
+    """The hub copy of a CoNLL-2003 split (IOB2, tags as ClassLabel ids; no -DOCSTART- rows)."""
+    return _from_hub(CONLL_HUB, split=split, revision="refs/convert/parquet")
 
 
 # ---------------------------------------------------------------- dialogue and instructions
@@ -472,11 +479,219 @@ def load_dialogues(name: str) -> Dataset:
     return Dataset.from_dict({"messages": convs, "source": [name] * len(convs)})
 
 
+# ---------------------------------------------------------------- fetch: the local layout, written from the hub
+
+CONLL_COLUMNS = ("tokens", "pos_tags", "chunk_tags", "ner_tags")
+
+
+def _class_names(feature: object) -> list[str] | None:
+    """The ClassLabel names of a column, or of a list column's items; None when it holds plain values."""
+    inner = getattr(feature, "feature", feature)  # List / Sequence wrap their item's feature
+    return list(inner.names) if isinstance(inner, ClassLabel) else None
+
+
+def _one_field(value: str, what: str) -> str:
+    """A CoNLL field as it is; a value that is not a string, is empty or holds whitespace raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: {value!r}; expected a string (tag ids need the column's ClassLabel names)")
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{what}: {value!r}; expected a non-empty value without whitespace (CoNLL columns are "
+                         "space-separated)")
+    return value
+
+
+def to_conll_lines(dataset: Dataset) -> list[str]:
+    """CoNLL-2003 lines of a hub-shaped Dataset: 'TOKEN POS CHUNK NER' per token, a blank line after each sentence.
+
+    Tag ids are written by their ClassLabel names (tags stored as strings pass through); empty sentences are skipped.
+    `read_conll` reads the lines joined by newlines back into the same sentences.
+    """
+    names = {c: _class_names(dataset.features[c]) for c in CONLL_COLUMNS}
+    lines: list[str] = []
+    for row, ex in enumerate(dataset):
+        cols = [[names[c][t] if names[c] else t for t in ex[c]] for c in CONLL_COLUMNS]
+        if len({len(col) for col in cols}) != 1:
+            raise ValueError(f"row {row}: {', '.join(f'{c} has {len(col)}' for c, col in zip(CONLL_COLUMNS, cols))}"
+                             "; expected one tag of each kind per token")
+        lines += [" ".join(_one_field(v, f"row {row} {c}") for v, c in zip(fields, CONLL_COLUMNS))
+                  for fields in zip(*cols)]
+        lines += [""] if cols[0] else []
+    return lines
+
+
+def to_tsv(dataset: Dataset, header: bool, label_ids: bool = False) -> str:
+    """A classification TSV of a Dataset with 'text' and 'label': 'text<TAB>label' per row, after a header if asked.
+
+    Labels go by ClassLabel name, or as the integer id with `label_ids` (the local SST-2 stores 0/1). A tab or line
+    break inside a text becomes a space (the format has no quoting); a blank text raises ValueError naming its row.
+    """
+    names = _class_names(dataset.features["label"])
+    rows = ["text\tlabel"] if header else []
+    for i, (text, label) in enumerate(zip(dataset["text"], dataset["label"])):
+        if not text.strip():
+            raise ValueError(f"row {i}: blank text (label {label!r}); expected a non-empty text")
+        label = str(label) if label_ids or names is None else names[label]
+        rows.append(text.replace("\t", " ").replace("\r", " ").replace("\n", " ") + "\t" + label)
+    return "".join(r + "\n" for r in rows)
+
+
+def to_story_text(texts: Iterable[str], lower: bool = False, max_bytes: int | None = None) -> str:
+    """TinyStories' local layout: one story after another, each as the hub stores it (paragraphs apart by a blank
+    line) plus a newline; blank ones skipped; lower-cased if asked; whole stories only, while the size stays within
+    max_bytes (UTF-8).
+
+    `texts` may be a stream (a streaming hub split): it is read only as far as max_bytes needs.
+    """
+    out, size = [], 0
+    for text in texts:
+        if not text.strip():
+            continue
+        text = text.lower() if lower else text
+        size += len(text.encode("utf-8")) + 1
+        if max_bytes is not None and size > max_bytes:
+            break
+        out.append(text + "\n")
+    return "".join(out)
+
+
+def to_wikitext(rows: Iterable[str]) -> str:
+    """WikiText's token-file layout from the hub's rows (one row per line, its newline kept; a blank line an empty
+    row): each line as it was, a blank one as the file's ' ' line."""
+    return "".join((row.rstrip("\n") if row.strip() else " ") + "\n" for row in rows)
+
+
+@dataclass(frozen=True)
+class HubFetch:
+    """How `python -m lib.data fetch` writes one dataset's local files from its hub copy."""
+
+    hub: str
+    files: tuple[str, ...]
+    make: Callable[[], dict[str, str | bytes]]  # relative path -> the file's content
+    note: str = ""  # why its checksum may differ from the shared copy's
+
+
+def _fetch_conll2003() -> dict[str, str | bytes]:
+    """The three CoNLL-2003 splits as CoNLL text."""
+    return {rel: "\n".join(to_conll_lines(_hub_conll2003(split))) for split, rel in CONLL_SPLITS.items()}
+
+
+def _fetch_tsv(name: str) -> dict[str, str | bytes]:
+    """A classification set as its TSV, texts as the hub has them (SST-2's trailing spaces kept)."""
+    spec = DATASETS[name]
+    return {spec.file: to_tsv(_hub_classification(name, strip=False), spec.header, label_ids=name == "sst2")}
+
+
+TINYSTORIES_HEAD_BYTES = {"train": 4_192_330, "validation": 794_375}  # the shared copies' sizes
+
+
+def _fetch_tinystories() -> dict[str, str | bytes]:
+    """Heads of TinyStories train (lower-cased) and validation, streamed: only the head is downloaded."""
+    c = CORPORA["tinystories"]
+    return {c.files[split]: to_story_text((r["text"] for r in _from_hub(c.hub, split=split, streaming=True)),
+                                          lower=split == "train", max_bytes=size)
+            for split, size in TINYSTORIES_HEAD_BYTES.items()}
+
+
+def _fetch_wikitext() -> dict[str, str | bytes]:
+    """WikiText-2 (tokenized, v1) validation and test as its token files."""
+    c = CORPORA["wikitext-2"]
+    return {rel: to_wikitext(_from_hub(c.hub, c.hub_config, split=split)["text"]) for split, rel in c.files.items()}
+
+
+TSV_NOTES = {"ag_news": "the hub's text is title + description, the shared copy's the description only"}
+GPT2_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+
+
+def _fetch_gpt2_tokenizer() -> dict[str, str | bytes]:
+    """GPT-2's tokenizer files, byte for byte from the hub."""
+    from huggingface_hub import hf_hub_download
+
+    return {f"gpt2-tokenizer/{f}": Path(hf_hub_download("openai-community/gpt2", f)).read_bytes()
+            for f in GPT2_TOKENIZER_FILES}
+
+
+FETCH: dict[str, HubFetch] = {
+    "conll2003": HubFetch(CONLL_HUB, tuple(CONLL_SPLITS.values()), _fetch_conll2003,
+                          "the hub copy has no -DOCSTART- document lines"),
+    **{name: HubFetch(spec.hub, (spec.file,), partial(_fetch_tsv, name), TSV_NOTES.get(name, ""))
+       for name, spec in DATASETS.items()},
+    "tinystories": HubFetch(CORPORA["tinystories"].hub, tuple(CORPORA["tinystories"].files.values()),
+                            _fetch_tinystories, "heads of the hub's train (lower-cased) and validation splits, as "
+                                                "large as the shared copies; the shared validation head is from "
+                                                "TinyStoriesV2-GPT4-valid.txt"),
+    "wikitext-2": HubFetch(CORPORA["wikitext-2"].hub, tuple(CORPORA["wikitext-2"].files.values()), _fetch_wikitext),
+    "gpt2-tokenizer": HubFetch("openai-community/gpt2", tuple(f"gpt2-tokenizer/{f}" for f in GPT2_TOKENIZER_FILES),
+                               _fetch_gpt2_tokenizer, "the shared tokenizer.json was written by transformers 5.24"),
+}
+
+
+def _first_line(err: Exception) -> str:
+    """'ErrorType: the message's first line', at most 160 characters of it."""
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(err).__name__}: {line if len(line) <= 160 else line[:159] + '…'}"
+
+
+def fetch(root: Path, only: list[str] | None = None, force: bool = False) -> int:
+    """Write every hub dataset (or those in `only`) into `root` in the local layout, then verify; 1 if one failed.
+
+    A dataset whose files are all there already is kept unless `force`. Each failure (offline, say) is one line.
+    """
+    from lib.reporting import atomic_write_bytes
+
+    unknown = sorted(set(only or []) - set(FETCH))
+    if unknown:
+        raise KeyError(f"fetch {' '.join(unknown)}: expected dataset names from {', '.join(FETCH)}")
+    names = [n for n in FETCH if not only or n in only]
+    offline = " (HF_HUB_OFFLINE=1: the hub is off)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    print(f"data root: {root}")
+    failed, written = [], []
+    for name in names:
+        f = FETCH[name]
+        if not force and all((root / rel).is_file() for rel in f.files):
+            print(f"kept     {name}: its files are there (--force writes them again)")
+            continue
+        try:
+            files = f.make()
+        except Exception as e:  # offline, no such repo, ...: one line, no traceback
+            print(f"FAILED   {name} from hub: {f.hub}: {_first_line(e)}{offline}")
+            failed.append(name)
+            continue
+        for rel, content in files.items():
+            atomic_write_bytes(root / rel, content.encode("utf-8") if isinstance(content, str) else content)
+            written.append(rel)
+        print(f"wrote    {name} from hub: {f.hub}: {', '.join(files)}")
+    for a in ASSETS:
+        if not only and not a.source.startswith("hub:"):
+            state = "there" if (root / a.path).is_file() else "missing"
+            print(f"by hand  {a.path} ({state}): get it from {a.source}; see {REPO_ROOT / 'data' / 'README.md'}")
+    status = verify(root)
+    notes = {rel: f.note for f in FETCH.values() for rel in f.files}
+    for rel in written:
+        why = ("; expected where the hub copy differs from the shared copy's version"
+               + (f" ({notes[rel]})" if notes[rel] else "") + "; the loaders read it") \
+            if status[rel] == "checksum mismatch" else ""
+        print(f"verify   {status[rel]:<17} {rel}{why}")
+    print(f"{len(written)} files written, {len(failed)} datasets failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(argv: list[str]) -> int:
-    """`python -m lib.data verify`: print each asset as ok / missing / checksum mismatch."""
-    if argv[:1] != ["verify"]:
-        print("usage: python -m lib.data verify", file=sys.stderr)
-        return 2
+    """`python -m lib.data verify` prints each asset as ok / missing / checksum mismatch; `python -m lib.data fetch
+    [--root DIR] [--only NAME ...] [--force]` writes the hub datasets in the local layout, then verifies them."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lib.data", description="the workbook's local datasets")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("verify", help="print each asset as ok / missing / checksum mismatch")
+    fp = sub.add_parser("fetch", help="download the hub datasets into the data root in the local layout")
+    fp.add_argument("--root", type=Path, default=None, help="where to write (default: the data root, $WORKBOOK_DATA "
+                                                            "or data/)")
+    fp.add_argument("--only", nargs="+", metavar="NAME", choices=list(FETCH), help=f"of {', '.join(FETCH)}")
+    fp.add_argument("--force", action="store_true", help="write datasets whose files are there already")
+    args = ap.parse_args(argv)
+    if args.command == "fetch":
+        return fetch((args.root or data_root()).expanduser().resolve(), args.only, args.force)
     root = data_root()
     print(f"data root: {root}")
     status = verify(root)
