@@ -2,16 +2,21 @@
 
 AG News may be used for research only and has no open licence, so `finance/sentences.jsonl` holds no text: each item
 names a row of `ag_news/test.tsv` (0-based line), character offsets into that row's text field and the first 12 hex
-digits of the sha1 of the excerpt, which catches a different copy of AG News. The labels (one JSONL file per
-annotation pass) are ours. `finance/README.md` has the formats and the labelling guide.
+digits of the sha1 of the excerpt, which catches a different copy of AG News. The labels are ours: one JSONL file
+per annotation pass, and `labels_final.jsonl`, the adjudicated label of every sentence with both passes' labels, the
+ruling and the train / validation / test split. `finance/README.md` has the formats, the labelling guide and the
+numbers (agreement, split counts, the test split's digest).
 """
 from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from datasets import ClassLabel, Dataset, Features, Value
 
 from lib.data import REPO_ROOT, DataFormatError, DataNotFoundError, _jsonl, data_error, data_root, read_lines
 
@@ -22,6 +27,11 @@ FIN_LABELS = ("positive", "neutral", "negative")
 EXCLUDE = "exclude"  # a label that takes an unusable sentence out of the set; needs a note saying why
 SENTENCE_KEYS = ("id", "row", "start", "end", "sha1")
 LABEL_KEYS = ("id", "label", "note")
+PASS_PATHS = (FIN_DIR / "labels_pass1.jsonl", FIN_DIR / "labels_pass2.jsonl")  # the two annotation passes, as made
+FINAL_PATH = FIN_DIR / "labels_final.jsonl"  # the adjudicated labels, both passes kept, and the split
+FINAL_KEYS = ("id", "label", "pass1", "pass2", "note")
+SPLIT_KEY = "split"
+SPLITS = ("train", "validation", "test")
 
 # ---------------------------------------------------------------- text: AG News escapes, sentence spans
 
@@ -193,42 +203,139 @@ def load_fin_sentences(path: Path | str = SENTENCES_PATH, ag_news: Path | None =
 
 # ---------------------------------------------------------------- labels: one JSONL file per annotation pass
 
+def _label_lines(path: Path, ids: Iterable[int], keys: Sequence[str], optional: Sequence[str] = (),
+                 label_keys: Sequence[str] = ("label",)) -> dict[int, tuple[int, dict[str, Any]]]:
+    """{id: (line, record)} of a label file, each line checked: its keys, a known unique id, labels, the note."""
+    known, allowed = set(ids), (*FIN_LABELS, EXCLUDE)
+    out: dict[int, tuple[int, dict[str, Any]]] = {}
+    for i, rec in _jsonl(path):
+        if not set(keys) <= set(rec) <= set(keys) | set(optional):
+            missing, extra = sorted(set(keys) - set(rec)), sorted(set(rec) - set(keys) - set(optional))
+            also = f" (and optionally {', '.join(optional)})" if optional else ""
+            raise data_error(path, i, f"missing {missing}, unexpected {extra}; expected exactly the keys "
+                                      f"{', '.join(keys)}{also}")
+        sid, note = rec["id"], rec["note"]
+        if not isinstance(sid, int) or isinstance(sid, bool) or sid not in known:
+            raise data_error(path, i, f"unknown id {sid!r:.40}; expected an id of finance/sentences.jsonl")
+        if sid in out:
+            raise data_error(path, i, f"duplicate id {sid} (first labelled on line {out[sid][0]}); expected one "
+                                      "label per id and file")
+        for key in label_keys:
+            if rec[key] not in allowed:
+                what = "label" if key == "label" else f"'{key}' label"
+                raise data_error(path, i, f"unknown {what} {rec[key]!r:.40}; expected one of {', '.join(allowed)}")
+        if not isinstance(note, str):
+            raise data_error(path, i, f"'note': expected a string (may be empty), got {note!r:.40}")
+        if rec["label"] == EXCLUDE and not note.strip():
+            raise data_error(path, i, f"label {EXCLUDE!r} without a note; expected a note saying why the "
+                                      "sentence is unusable")
+        out[sid] = (i, rec)
+    return out
+
+
+def _require_all(path: Path, ids: Iterable[int], labelled: Iterable[int]) -> None:
+    """DataFormatError naming the ids that have no line in the file."""
+    missing = sorted(set(ids) - set(labelled))
+    if missing:
+        raise DataFormatError(f"{path}: {len(missing)} sentence id(s) have no label, e.g. "
+                              f"{', '.join(map(str, missing[:5]))}; expected one line per sentence id")
+
+
 def read_fin_labels(path: Path | str, ids: Iterable[int], complete: bool = False) -> dict[int, dict[str, str]]:
     """One annotation pass, {id: {label, note}}; a bad line (unknown label or id, duplicate id) raises naming file:line.
 
     Each line is {"id": int, "label": "positive"|"neutral"|"negative"|"exclude", "note": str}; "exclude" needs a
     note. `ids` are the sentence ids (`read_fin_sentences`); with `complete`, every one of them must have a label.
     """
-    path, known = Path(path), set(ids)
-    allowed = (*FIN_LABELS, EXCLUDE)
-    labels: dict[int, dict[str, str]] = {}
-    lines: dict[int, int] = {}
-    for i, rec in _jsonl(path):
-        if set(rec) != set(LABEL_KEYS):
-            missing, extra = sorted(set(LABEL_KEYS) - set(rec)), sorted(set(rec) - set(LABEL_KEYS))
-            raise data_error(path, i, f"missing {missing}, unexpected {extra}; expected exactly the keys "
-                                      f"{', '.join(LABEL_KEYS)}")
-        sid, label, note = rec["id"], rec["label"], rec["note"]
-        if not isinstance(sid, int) or isinstance(sid, bool) or sid not in known:
-            raise data_error(path, i, f"unknown id {sid!r:.40}; expected an id of finance/sentences.jsonl")
-        if sid in lines:
-            raise data_error(path, i, f"duplicate id {sid} (first labelled on line {lines[sid]}); expected one "
-                                      "label per id and pass")
-        if label not in allowed:
-            raise data_error(path, i, f"unknown label {label!r:.40}; expected one of {', '.join(allowed)}")
-        if not isinstance(note, str):
-            raise data_error(path, i, f"'note': expected a string (may be empty), got {note!r:.40}")
-        if label == EXCLUDE and not note.strip():
-            raise data_error(path, i, f"label {EXCLUDE!r} without a note; expected a note saying why the "
-                                      "sentence is unusable")
-        lines[sid] = i
-        labels[sid] = {"label": label, "note": note}
-    if complete and known - set(labels):
-        missing = sorted(known - set(labels))
-        raise DataFormatError(f"{path}: {len(missing)} sentence id(s) have no label, e.g. "
-                              f"{', '.join(map(str, missing[:5]))}; expected one line per sentence id")
-    return labels
+    path, ids = Path(path), list(ids)
+    lines = _label_lines(path, ids, LABEL_KEYS)
+    if complete:
+        _require_all(path, ids, lines)
+    return {sid: {"label": rec["label"], "note": rec["note"]} for sid, (_, rec) in lines.items()}
 
+
+def read_fin_final(path: Path | str = FINAL_PATH, ids: Iterable[int] | None = None,
+                   passes: Sequence[Path | str] | None = None) -> dict[int, dict[str, Any]]:
+    """The adjudicated labels, {id: {label, pass1, pass2, note, split}}, every sentence id once; checked line by line.
+
+    Each line is {"id", "label", "pass1", "pass2", "note"} and, once `make_splits.py` has run, "split" (train,
+    validation or test; null for an excluded item) on every line. A label that differs from either pass needs a note
+    (the ruling); an item both passes excluded stays excluded. With `passes` (the two pass files), pass1 and pass2
+    must equal their labels. `split` is None when the file has no split yet. Bad lines raise naming file:line.
+    """
+    path = Path(path)
+    ids = [it["id"] for it in read_fin_sentences()] if ids is None else list(ids)
+    lines = _label_lines(path, ids, FINAL_KEYS, optional=(SPLIT_KEY,), label_keys=("label", "pass1", "pass2"))
+    _require_all(path, ids, lines)
+    given = [read_fin_labels(p, ids, complete=True) for p in passes] if passes else []
+    with_split = [i for i, rec in lines.values() if SPLIT_KEY in rec]
+    if with_split and len(with_split) < len(lines):
+        first = min(i for i, rec in lines.values() if SPLIT_KEY not in rec)
+        raise data_error(path, first, f"no '{SPLIT_KEY}' while {len(with_split)} other line(s) have one; expected "
+                                      "a split on every line or on none (rerun python finance/make_splits.py)")
+    out = {}
+    for sid, (i, rec) in sorted(lines.items()):
+        label, p1, p2 = rec["label"], rec["pass1"], rec["pass2"]
+        for k, labels in enumerate(given, start=1):
+            if rec[f"pass{k}"] != labels[sid]["label"]:
+                raise data_error(path, i, f"'pass{k}' is {rec[f'pass{k}']!r} but {passes[k - 1]} labels id {sid} "
+                                          f"{labels[sid]['label']!r}; expected the pass's label, unchanged")
+        if p1 == p2 == EXCLUDE and label != EXCLUDE:
+            raise data_error(path, i, f"label {label!r} for an item both passes excluded; expected {EXCLUDE!r}")
+        if (label != p1 or label != p2) and not rec["note"].strip():
+            raise data_error(path, i, f"label {label!r} differs from a pass (pass1 {p1!r}, pass2 {p2!r}) and the "
+                                      "note is empty; expected the ruling that decided it")
+        split = rec.get(SPLIT_KEY)
+        expected = [None] if label == EXCLUDE else list(SPLITS)
+        if SPLIT_KEY in rec and split not in expected:
+            raise data_error(path, i, f"'{SPLIT_KEY}' {split!r:.40} for label {label!r}; expected "
+                                      f"{' or '.join(map(str, expected))}")
+        out[sid] = {"label": label, "pass1": p1, "pass2": p2, "note": rec["note"], SPLIT_KEY: split}
+    return out
+
+
+def load_fin_sentiment(split: str | None = None, labels: Path | str = FINAL_PATH,
+                       sentences: Path | str = SENTENCES_PATH, ag_news: Path | None = None) -> Dataset:
+    """The labelled sentences (excluded ones dropped), in id order: a Dataset of id, text, label (ClassLabel) and split.
+
+    `split` picks train, validation or test (None: all three); the texts are rebuilt from the local AG News
+    (`load_fin_sentences`), the labels are those of `labels_final.jsonl`.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {', '.join(SPLITS)}, or None for all of them")
+    labels = Path(labels)
+    if not labels.is_file():
+        raise DataNotFoundError(f"financial sentiment labels: expected the file {labels} (the adjudicated labels, "
+                                "committed under finance/)")
+    texts = {it["id"]: it["text"] for it in load_fin_sentences(sentences, ag_news)}
+    final = read_fin_final(labels, texts)
+    kept = {sid: r for sid, r in final.items() if r["label"] != EXCLUDE}
+    if split is not None and any(r[SPLIT_KEY] is None for r in kept.values()):
+        raise DataFormatError(f"{labels}: no '{SPLIT_KEY}' field; expected the split written by "
+                              "python finance/make_splits.py")
+    rows = [(sid, r) for sid, r in sorted(kept.items()) if split is None or r[SPLIT_KEY] == split]
+    feats = Features({"id": Value("int32"), "text": Value("string"), "label": ClassLabel(names=list(FIN_LABELS)),
+                      SPLIT_KEY: Value("string")})
+    return Dataset.from_dict({"id": [sid for sid, _ in rows], "text": [texts[sid] for sid, _ in rows],
+                              "label": [FIN_LABELS.index(r["label"]) for _, r in rows],
+                              SPLIT_KEY: [r[SPLIT_KEY] for _, r in rows]}, features=feats)
+
+
+def split_digest(final: Mapping[int, Mapping[str, Any]], split: str = "test") -> str:
+    """sha256 (hex) of one split's labels: UTF-8 of the JSON list of {"id", "label"} of its items, sorted by id.
+
+    The JSON is `json.dumps(rows, sort_keys=True, separators=(",", ":"), ensure_ascii=True)`, e.g.
+    `[{"id":3,"label":"neutral"},{"id":8,"label":"positive"}]`; `final` is `read_fin_final()`'s mapping.
+    """
+    rows = [{"id": sid, "label": r["label"]} for sid, r in sorted(final.items()) if r.get(SPLIT_KEY) == split]
+    if not rows:
+        raise ValueError(f"split_digest: no item has split {split!r}; expected one of {', '.join(SPLITS)} and a "
+                         "labels file that has been split (python finance/make_splits.py)")
+    text = json.dumps(rows, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- agreement between the two passes
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     """Cohen's kappa of two annotators' labels of the same items, in the same order (scikit-learn's)."""
@@ -238,3 +345,20 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
         raise ValueError(f"cohen_kappa: {len(a)} and {len(b)} labels; expected two equally long, non-empty lists "
                          "(the same items, in the same order)")
     return float(cohen_kappa_score(list(a), list(b)))
+
+
+def pass_agreement(pass1: Mapping[int, Mapping[str, str]], pass2: Mapping[int, Mapping[str, str]]) -> dict[str, Any]:
+    """Agreement of two passes over the same ids: counts and kappa over all items and over those neither excluded,
+    and the confusion table {pass-1 label: {pass-2 label: count}} over the four labels."""
+    from sklearn.metrics import confusion_matrix
+
+    if set(pass1) != set(pass2) or not pass1:
+        raise ValueError(f"pass_agreement: the passes label {len(pass1)} and {len(pass2)} ids, "
+                         f"{len(set(pass1) ^ set(pass2))} of them in one pass only; expected the same, non-empty ids")
+    pairs = [(pass1[i]["label"], pass2[i]["label"]) for i in sorted(pass1)]
+    kept = [(a, b) for a, b in pairs if EXCLUDE not in (a, b)]
+    names = [*FIN_LABELS, EXCLUDE]
+    table = confusion_matrix([a for a, _ in pairs], [b for _, b in pairs], labels=names)
+    return {"n": len(pairs), "agree": sum(a == b for a, b in pairs), "kappa": cohen_kappa(*zip(*pairs)),
+            "n_kept": len(kept), "agree_kept": sum(a == b for a, b in kept), "kappa_kept": cohen_kappa(*zip(*kept)),
+            "confusion": {a: {b: int(table[r][c]) for c, b in enumerate(names)} for r, a in enumerate(names)}}

@@ -5,19 +5,24 @@ AG-News-shaped file written here (hand-written sentences, no AG News text).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import re
 
 import pytest
 
 from lib.data import REPO_ROOT, DataFormatError, DataNotFoundError, data_root
-from lib.finance import (AG_NEWS_FILE, SENTENCES_PATH, clean_text, cohen_kappa, is_complete, load_fin_sentences,
-                         read_fin_labels, read_fin_sentences, sentence_spans, text_sha1)
-from lib.splits import dedupe, normalise
+from lib.finance import (AG_NEWS_FILE, EXCLUDE, FIN_LABELS, FINAL_PATH, PASS_PATHS, SENTENCES_PATH, SPLITS,
+                         clean_text, cohen_kappa, is_complete, load_fin_sentences, load_fin_sentiment, pass_agreement,
+                         read_fin_final, read_fin_labels, read_fin_sentences, sentence_spans, split_digest, text_sha1)
+from lib.splits import assert_disjoint, dedupe, normalise
+
+README = FINAL_PATH.with_name("README.md")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("make_sentences", REPO_ROOT / "finance" / "make_sentences.py")
+def _script(name: str = "make_sentences"):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "finance" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -197,3 +202,190 @@ def test_cohen_kappa_equals_the_hand_computed_value():
     assert cohen_kappa(a, a) == 1.0
     with pytest.raises(ValueError, match="10 and 9 labels"):
         cohen_kappa(a, b[:-1])
+
+
+def test_pass_agreement_counts_the_pairs_and_leaves_excluded_items_out_of_the_second_kappa():
+    p1 = {1: {"label": "positive"}, 2: {"label": "neutral"}, 3: {"label": "exclude"}, 4: {"label": "negative"}}
+    p2 = {1: {"label": "positive"}, 2: {"label": "negative"}, 3: {"label": "neutral"}, 4: {"label": "negative"}}
+    ag = pass_agreement(p1, p2)
+    assert (ag["n"], ag["agree"], ag["n_kept"], ag["agree_kept"]) == (4, 2, 3, 2)
+    assert ag["kappa_kept"] == pytest.approx(cohen_kappa(["positive", "neutral", "negative"],
+                                                         ["positive", "negative", "negative"]))
+    assert ag["confusion"]["exclude"]["neutral"] == 1 and ag["confusion"]["neutral"]["negative"] == 1
+    with pytest.raises(ValueError, match="1 of them in one pass only"):
+        pass_agreement(p1, {k: v for k, v in p2.items() if k != 4})
+
+
+# ---------------------------------------------------------------- the committed passes, final labels and split
+
+def _readme_block() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text[text.index("<!-- make_splits:begin -->"):text.index("<!-- make_splits:end -->")]
+
+
+def test_both_passes_and_the_final_file_load():
+    ids = [it["id"] for it in read_fin_sentences()]
+    passes = [read_fin_labels(p, ids, complete=True) for p in PASS_PATHS]
+    final = read_fin_final(passes=PASS_PATHS)  # also checks pass1 / pass2 against the pass files
+    assert all(len(x) == 720 for x in (*passes, final))
+    assert all(final[i]["pass1"] == passes[0][i]["label"] and final[i]["pass2"] == passes[1][i]["label"] for i in ids)
+    assert all(r["label"] == EXCLUDE for r in final.values() if r["pass1"] == r["pass2"] == EXCLUDE)
+    assert "text" not in FINAL_PATH.read_text(encoding="utf-8")  # labels only, no AG News text
+
+
+def test_the_readme_kappas_and_counts_are_the_computed_ones():
+    ids = [it["id"] for it in read_fin_sentences()]
+    ag = pass_agreement(*(read_fin_labels(p, ids, complete=True) for p in PASS_PATHS))
+    block = _readme_block()
+    found = re.search(r"kappa, all (\d+) items .*?\*\*([0-9.]+)\*\* \((\d+) agree", block)
+    kept = re.search(r"kappa, the (\d+) items neither pass excluded: \*\*([0-9.]+)\*\* \((\d+) agree", block)
+    assert (int(found[1]), int(found[3]), int(kept[1]), int(kept[3])) == (ag["n"], ag["agree"], ag["n_kept"],
+                                                                          ag["agree_kept"])
+    assert float(found[2]) == pytest.approx(ag["kappa"], abs=5e-5)
+    assert float(kept[2]) == pytest.approx(ag["kappa_kept"], abs=5e-5)
+    final = read_fin_final()
+    disagree = sum(r["pass1"] != r["pass2"] for r in final.values())
+    changed = sorted(i for i, r in final.items() if r["pass1"] == r["pass2"] != r["label"])
+    assert re.search(rf"disagreements: \*\*{disagree}\*\*,", block) and disagree == ag["n"] - ag["agree"]
+    assert re.search(rf"agreed: \*\*{len(changed)}\*\* \(ids? {', '.join(map(str, changed))}\)", block)
+
+
+def test_every_disagreement_and_every_changed_label_has_its_ruling_in_the_note():
+    for sid, r in read_fin_final().items():
+        if r["pass1"] != r["pass2"]:
+            assert r["note"].startswith(f"pass1 {r['pass1']}, pass2 {r['pass2']} -> {r['label']}: "), sid
+            assert len(r["note"]) > 60, sid  # a ruling, not just the labels
+        elif r["label"] != r["pass1"]:
+            assert r["note"].startswith(f"both passes {r['pass1']} -> {r['label']} by a clarification: C"), sid
+
+
+def test_the_split_script_check_passes_and_fails_on_a_changed_split(tmp_path, capsys):
+    script = _script("make_splits")
+    assert script.main(["--check"]) == 0
+    lines = FINAL_PATH.read_text(encoding="utf-8").splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if '"split": "train"' in line)
+    lines[k] = lines[k].replace('"split": "train"', '"split": "test"')
+    changed = tmp_path / "labels_final.jsonl"
+    changed.write_text("".join(lines), encoding="utf-8")
+    assert script.main(["--check", "--labels", str(changed)]) == 1
+    assert f"{changed}:{k + 1}: differs from the split" in capsys.readouterr().err
+
+
+def test_no_id_or_row_in_two_splits_and_about_60_15_25_per_label():
+    rows = {it["id"]: it["row"] for it in read_fin_sentences()}
+    final = read_fin_final()
+    by_split = {s: [i for i, r in final.items() if r["split"] == s] for s in SPLITS}
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert_disjoint(by_split[a], by_split[b], key=lambda i: i)
+        assert_disjoint(by_split[a], by_split[b], key=lambda i: rows[i])
+    assert sum(map(len, by_split.values())) == sum(r["label"] != EXCLUDE for r in final.values())
+    for label in FIN_LABELS:
+        n = {s: sum(final[i]["label"] == label for i in by_split[s]) for s in SPLITS}
+        total = sum(n.values())
+        assert abs(n["test"] - 0.25 * total) <= 0.5 and abs(n["validation"] - 0.15 * total) <= 0.5, (label, n)
+
+
+def test_the_readme_test_digest_is_split_digest():
+    digest = re.search(r"test split sha256 \(`lib.finance.split_digest`\): `([0-9a-f]{64})`", _readme_block())[1]
+    assert digest == split_digest(read_fin_final(), "test")
+
+
+def test_split_digest_is_sha256_of_the_canonical_json_of_the_test_rows():
+    final = {8: {"label": "positive", "split": "test"}, 3: {"label": "neutral", "split": "test", "note": "x"},
+             5: {"label": "negative", "split": "train"}, 9: {"label": "exclude", "split": None}}
+    canonical = '[{"id":3,"label":"neutral"},{"id":8,"label":"positive"}]'
+    assert split_digest(final) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert split_digest(final, "train") != split_digest(final)
+    with pytest.raises(ValueError, match="no item has split 'validation'"):
+        split_digest(final, "validation")
+
+
+def test_assign_splits_keeps_an_ag_news_row_in_one_split_and_stratifies_by_label():
+    script = _script("make_splits")
+    final = {i: {"label": FIN_LABELS[i % 3]} for i in range(1, 61)}
+    final[61] = {"label": EXCLUDE}
+    rows = {i: 1000 + i for i in final}
+    rows[2] = rows[1]  # two sentences of one row (labels positive and neutral): one split
+    splits = script.assign_splits(final, rows)
+    assert splits[61] is None and splits[1] == splits[2]
+    labels = [final[i]["label"] for i in final if splits[i] == "test"]
+    assert sorted(labels.count(lab) for lab in FIN_LABELS) in ([5, 5, 5], [4, 5, 5], [5, 5, 6])
+
+
+# ---------------------------------------------------------------- the final file's errors, and the loader
+
+FINAL_OK = [{"id": 1, "label": "positive", "pass1": "positive", "pass2": "neutral", "note": "R3: the forecast",
+             "split": "train"},
+            {"id": 2, "label": "negative", "pass1": "negative", "pass2": "negative", "note": "", "split": "test"},
+            {"id": 3, "label": "exclude", "pass1": "exclude", "pass2": "exclude", "note": "cut off", "split": None}]
+
+
+def _final(tmp_path, records, name: str = "labels_final.jsonl") -> str:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"note": ""}, "label 'positive' differs from a pass \\(pass1 'positive', pass2 'neutral'\\) and the note is "
+                   "empty; expected the ruling"),
+    ({"pass2": "bullish"}, "unknown 'pass2' label 'bullish'"),
+    ({"split": "dev"}, "'split' 'dev' for label 'positive'; expected train or validation or test"),
+    ({"split": None}, "'split' None for label 'positive'"),
+    ({"extra": 1}, "missing \\[\\], unexpected \\['extra'\\]; expected exactly the keys id, label, pass1, pass2, "
+                   "note \\(and optionally split\\)"),
+])
+def test_a_bad_final_line_names_file_and_line(tmp_path, change, message):
+    path = _final(tmp_path, [FINAL_OK[1], {**FINAL_OK[0], **change}, FINAL_OK[2]])
+    with pytest.raises(DataFormatError, match=f"^{path}:2: {message}"):
+        read_fin_final(path, [1, 2, 3])
+
+
+def test_the_final_file_keeps_exclusions_splits_everywhere_and_the_passes_as_made(tmp_path):
+    ok = _final(tmp_path, FINAL_OK)
+    assert read_fin_final(ok, [1, 2, 3])[1] == {k: v for k, v in FINAL_OK[0].items() if k != "id"}
+    assert {k: v["split"] for k, v in read_fin_final(ok, [1, 2, 3]).items()} == {1: "train", 2: "test", 3: None}
+    path = _final(tmp_path, FINAL_OK[:2] + [{**FINAL_OK[2], "label": "neutral", "split": "train"}], "bad.jsonl")
+    with pytest.raises(DataFormatError, match=f"^{path}:3: label 'neutral' for an item both passes excluded"):
+        read_fin_final(path, [1, 2, 3])
+    path = _final(tmp_path, [{k: v for k, v in FINAL_OK[0].items() if k != "split"}] + FINAL_OK[1:], "bad.jsonl")
+    with pytest.raises(DataFormatError, match=f"^{path}:1: no 'split' while 2 other line\\(s\\) have one"):
+        read_fin_final(path, [1, 2, 3])
+    with pytest.raises(DataFormatError, match="1 sentence id\\(s\\) have no label, e.g. 4"):
+        read_fin_final(ok, [1, 2, 3, 4])
+    pass1 = _labels(tmp_path, *({"id": r["id"], "label": r["pass1"], "note": "x"} for r in FINAL_OK))
+    pass2 = tmp_path / "labels_pass2.jsonl"
+    pass2.write_text("".join(json.dumps({"id": r["id"], "label": r["pass2"], "note": "x"}) + "\n" for r in FINAL_OK),
+                     encoding="utf-8")
+    assert len(read_fin_final(ok, [1, 2, 3], passes=[pass1, pass2])) == 3
+    pass2.write_text(pass2.read_text(encoding="utf-8").replace('"neutral"', '"negative"', 1), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=f"^{ok}:1: 'pass2' is 'neutral' but {pass2} labels id 1 'negative'"):
+        read_fin_final(ok, [1, 2, 3], passes=[pass1, pass2])
+
+
+def test_load_fin_sentiment_joins_texts_and_final_labels(small_set, tmp_path):
+    tsv, jsonl, _ = small_set
+    labels = _final(tmp_path, [{**FINAL_OK[0]}, {**FINAL_OK[1]}])
+    ds = load_fin_sentiment(labels=labels, sentences=jsonl, ag_news=tsv)
+    assert ds["id"] == [1, 2] and ds["split"] == ["train", "test"]
+    assert [ds.features["label"].int2str(x) for x in ds["label"]] == ["positive", "negative"]
+    test = load_fin_sentiment("test", labels=labels, sentences=jsonl, ag_news=tsv)
+    assert test["text"] == ["Widget sales fell for a third month."]
+    with pytest.raises(ValueError, match="split='dev': expected one of train, validation, test"):
+        load_fin_sentiment("dev", labels=labels, sentences=jsonl, ag_news=tsv)
+    unsplit = _final(tmp_path, [{k: v for k, v in r.items() if k != "split"} for r in FINAL_OK[:2]], "unsplit.jsonl")
+    assert load_fin_sentiment(labels=unsplit, sentences=jsonl, ag_news=tsv)["split"] == [None, None]
+    with pytest.raises(DataFormatError, match="no 'split' field; expected the split written by"):
+        load_fin_sentiment("train", labels=unsplit, sentences=jsonl, ag_news=tsv)
+    with pytest.raises(DataNotFoundError, match="expected the file .*nothing.jsonl"):
+        load_fin_sentiment(labels=tmp_path / "nothing.jsonl", sentences=jsonl, ag_news=tsv)
+
+
+def test_the_real_set_loads_with_the_readme_counts(ag_news):
+    block = _readme_block()
+    total = re.search(r"\| total \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", block[block.index("by split"):])
+    for split, n in zip(SPLITS, map(int, total.groups())):
+        ds = load_fin_sentiment(split)
+        assert len(ds) == n and set(ds["split"]) == {split}
+        assert all(t.strip() for t in ds["text"])
+    assert len(load_fin_sentiment()) == int(total[4])
