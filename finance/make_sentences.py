@@ -96,10 +96,10 @@ def render(items: list[dict]) -> str:
     return "".join(json.dumps(it, separators=(", ", ": ")) + "\n" for it in items)
 
 
-def write_worklist(folder: Path) -> None:
+def write_worklist(folder: Path, sentences: Path = SENTENCES_PATH, ag_news: Path | None = None) -> None:
     """worklist.tsv (id<TAB>readable sentence, in id order) and guide.md (finance/README.md), world-readable."""
     folder.mkdir(parents=True, exist_ok=True)
-    items = sorted(load_fin_sentences(), key=lambda it: it["id"])
+    items = sorted(load_fin_sentences(sentences, ag_news), key=lambda it: it["id"])
     lines = ["id\tsentence"] + [f"{it['id']}\t{it['text']}" for it in items]
     (folder / "worklist.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copyfile(SENTENCES_PATH.with_name("README.md"), folder / "guide.md")

@@ -102,13 +102,21 @@ def test_missing_everything_offline_says_what_to_put_where(tmp_root):
     assert str(tmp_root / "conll2003" / "train.txt") in msg and "eriktks/conll2003" in msg and "WORKBOOK_DATA" in msg
 
 
-def test_verify_reports_ok_missing_and_mismatch(real_data, tmp_root):
-    good = ASSETS[0]
-    _write(tmp_root, good.path, (real_data / good.path).read_bytes())
-    _write(tmp_root, ASSETS[1].path, b"tampered\n")
+def test_verify_reports_ok_missing_and_mismatch(tmp_root, monkeypatch):
+    import hashlib
+
+    import lib.data as data
+
+    made = b"EU B-ORG\nrejects O\n"  # a made-up file and its checksum stand in for the registry's first asset
+    fake = [data.Asset("conll2003/train.txt", hashlib.sha256(made).hexdigest(), "made up"), *ASSETS[1:3]]
+    monkeypatch.setattr(data, "ASSETS", fake)
+    _write(tmp_root, fake[0].path, made)
+    _write(tmp_root, fake[1].path, b"tampered\n")
     status = verify(tmp_root)
-    assert status[good.path] == "ok" and status[ASSETS[1].path] == "checksum mismatch"
-    assert status[ASSETS[2].path] == "missing"
+    assert status == {fake[0].path: "ok", fake[1].path: "checksum mismatch", fake[2].path: "missing"}
+
+
+def test_verify_passes_on_the_real_data(real_data):
     assert set(verify(real_data).values()) == {"ok"}
 
 

@@ -67,14 +67,6 @@ def test_every_sentence_rebuilds_with_its_sha1(ag_news):
     assert len(dedupe(texts, normalise)) == 720  # no two share their normalised text
 
 
-def test_the_worklist_lists_every_sentence_in_id_order(ag_news, tmp_path):
-    _script().write_worklist(tmp_path / "fin")
-    rows = (tmp_path / "fin" / "worklist.tsv").read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "id\tsentence" and [int(r.split("\t")[0]) for r in rows[1:]] == list(range(1, 721))
-    assert all(len(r.split("\t")) == 2 for r in rows)
-    assert (tmp_path / "fin" / "guide.md").read_text(encoding="utf-8").startswith("# finance/")
-
-
 # ---------------------------------------------------------------- text: cleaning and sentence spans
 
 def test_clean_text_undoes_the_ag_news_escapes():
@@ -116,6 +108,14 @@ def small_set(tmp_path):
     jsonl = tmp_path / "sentences.jsonl"
     jsonl.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
     return tsv, jsonl, items
+
+
+def test_the_worklist_of_a_small_set(small_set, tmp_path):
+    tsv, jsonl, _ = small_set
+    _script().write_worklist(tmp_path / "fin", jsonl, tsv)
+    assert (tmp_path / "fin" / "worklist.tsv").read_text(encoding="utf-8").splitlines() == [
+        "id\tsentence", "1\tAcme Corp. said quarterly profit rose 20 percent.", "2\tWidget sales fell for a third month."]
+    assert (tmp_path / "fin" / "guide.md").read_bytes() == README.read_bytes()
 
 
 def test_a_well_formed_set_loads(small_set):
@@ -389,3 +389,27 @@ def test_the_real_set_loads_with_the_readme_counts(ag_news):
         assert len(ds) == n and set(ds["split"]) == {split}
         assert all(t.strip() for t in ds["text"])
     assert len(load_fin_sentiment()) == int(total[4])
+
+
+def test_the_sentence_picker_on_made_up_rows():
+    """candidates(): Business rows only, complete sentences of 6-60 words, no fragment, no duplicate or near-duplicate
+    (same first or last 8 normalised words); sample(): one sentence per row, seeded, numbered from 1. No AG News text."""
+    script = _script()
+    long_a = "Acme Corp said quarterly profit rose sharply on strong demand for its widgets in Europe."
+    rows = [(long_a, "Business"),
+            ("Acme Corp said quarterly profit rose sharply on strong demand for its gadgets in Asia.", "Business"),
+            ("ACME CORP SAID quarterly profit rose sharply on strong demand for its widgets in Europe!", "Business"),
+            ("Shares of Bolt Inc fell after the company cut its forecast for the year.", "Sports"),
+            ("Too short here.", "Business"),
+            ("the airline said it would cut fares on routes to the coast next month.", "Business"),
+            ("Oil prices climbed to a record as traders worried about supplies from the Gulf region.", "Business")]
+    cands, counts = script.candidates(rows)
+    assert [c["row"] for c in cands] == [0, 6]  # 1: near-duplicate of 0; 2: duplicate; 3: not Business; 4, 5 dropped
+    assert counts["business rows"] == 6 and counts["distinct"] == 3 and counts["no near-duplicate"] == 2
+    spans = [rows[c["row"]][0][c["start"]:c["end"]] for c in cands]
+    assert spans[0] == long_a and all(c["sha1"] == text_sha1(t) for c, t in zip(cands, spans))
+    picked = script.sample(cands, 2)
+    assert [p["id"] for p in picked] == [1, 2] and {p["row"] for p in picked} == {0, 6}
+    assert picked == script.sample(cands, 2)  # seeded: the same every time
+    with pytest.raises(SystemExit, match="only 2 Business rows"):
+        script.sample(cands, 3)

@@ -15,6 +15,18 @@ def test_real_gpt2_tokenizer_offline(real_data):
     assert tok.decode(tok(text).input_ids) == text
 
 
+def test_gpt2_tokenizer_is_read_from_the_local_tokenizer_json(tmp_root, byte_bpe):
+    """The offline path: gpt2-tokenizer/tokenizer.json under the data root (here the byte-level stand-in saved there)
+    loads whole, never empty, with GPT-2's context length, for gpt2 and its family."""
+    (tmp_root / "gpt2-tokenizer").mkdir()
+    byte_bpe.backend_tokenizer.save(str(tmp_root / "gpt2-tokenizer" / "tokenizer.json"))
+    for name in ("gpt2", "gpt2-medium"):
+        tok = load_tokenizer(name)
+        assert len(tok) == len(byte_bpe) > 256 and tok.model_max_length == 1024
+        text = "once upon a time, 今天天气怎么样？"
+        assert tok(text).input_ids == byte_bpe(text).input_ids and tok.decode(tok(text).input_ids) == text
+
+
 def test_smollm2_loads_offline_and_generates():
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_causal_lm("smollm2-135m-instruct")

@@ -85,15 +85,22 @@ def test_metrics_by_hand():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # F1 per class: 2/3, 2*0.5*1/1.5, 0
 
 
-def test_templates_load_for_every_task(real_data):
-    from lib.data import load_classification
+def test_templates_load_for_every_task():
+    """Label names from the registry (BANKING77's 77 intents from the help centre, which has one article per intent);
+    with the real data they must equal the names the loaders give."""
+    from lib.data import DATASETS, DataNotFoundError, load_classification
+    from lib.service import load_help_centre
 
     for task in ("sst2", "ag_news", "banking77"):
-        names = load_classification(task).features["label"].names
+        names = DATASETS[task].labels or sorted(load_help_centre().intents)
+        try:
+            assert load_classification(task).features["label"].names == names
+        except DataNotFoundError:
+            pass  # no local copy: the registry's names alone
         templates = load_templates(task, names)
         assert len(templates) >= 5 and all(t.labels == names for t in templates)
-    bank = load_templates("banking77", load_classification("banking77").features["label"].names)[0]
-    assert bank.verbalizer["card_arrival"] == (" card arrival",)
+        if task == "banking77":
+            assert len(names) == 77 and templates[0].verbalizer["card_arrival"] == (" card arrival",)
 
 
 def test_bad_template_file_names_file_and_line(tmp_path):
@@ -124,6 +131,20 @@ def test_too_long_prompt_is_refused(tok):
         score_labels(small, tok, ["one two three four five six seven eight"], [" nine"], progress=False)
     with pytest.raises(ValueError, match=r"prompts \(0\)"):
         score_labels(small, tok, [], [" nine"], progress=False)
+
+
+def test_lm_eval_template_keeps_the_stored_trailing_space(tmp_root):
+    """On a made-up SST-2-shaped file: strip=False keeps each sentence as stored, and the lm-eval template feeds it so."""
+    from lib.data import load_classification
+
+    (tmp_root / "sst2").mkdir()
+    (tmp_root / "sst2" / "dev.tsv").write_text("text\tlabel\na fine , warm film . \t1\ndull and long . \t0\n")
+    stored, stripped = load_classification("sst2", strip=False), load_classification("sst2")
+    assert stored["text"] == ["a fine , warm film . ", "dull and long . "] and stored["label"] == stripped["label"]
+    assert stripped["text"] == ["a fine , warm film .", "dull and long ."]
+    lme = next(t for t in load_templates("sst2", ["negative", "positive"]) if t.name == "lm-eval")
+    question = "\nQuestion: Is this sentence positive or negative?\nAnswer:"
+    assert lme.prompt(stored["text"][0]) == "a fine , warm film . " + question
 
 
 def test_lm_eval_template_feeds_the_stored_sentence(real_data):
