@@ -324,8 +324,8 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             history.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if log_with:
-                acc.log({k.replace("_loss", "/loss"): row[k] for k in ("train_loss", "eval_loss", "lr", "grad_norm",
-                                                                       "tokens_per_s") if row[k] is not None}, step=step)
+                logged = ("train_loss", "eval_loss", "lr", "grad_norm", "tokens_per_s")
+                acc.log({k.replace("_loss", "/loss"): row[k] for k in logged if row[k] is not None}, step=step)
             if do_save:
                 ranks_rng = {"rng_by_rank": gather_object([rng_state()])} if world > 1 else {}
                 acc.wait_for_everyone()

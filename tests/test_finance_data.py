@@ -393,7 +393,8 @@ def test_the_real_set_loads_with_the_readme_counts(ag_news):
 
 def test_the_sentence_picker_on_made_up_rows():
     """candidates(): Business rows only, complete sentences of 6-60 words, no fragment, no duplicate or near-duplicate
-    (same first or last 8 normalised words); sample(): one sentence per row, seeded, numbered from 1. No AG News text."""
+    (same first or last 8 normalised words); sample(): one sentence per row, seeded, numbered from 1.
+    No AG News text."""
     script = _script()
     long_a = "Acme Corp said quarterly profit rose sharply on strong demand for its widgets in Europe."
     rows = [(long_a, "Business"),

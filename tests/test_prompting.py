@@ -134,7 +134,7 @@ def test_too_long_prompt_is_refused(tok):
 
 
 def test_lm_eval_template_keeps_the_stored_trailing_space(tmp_root):
-    """On a made-up SST-2-shaped file: strip=False keeps each sentence as stored, and the lm-eval template feeds it so."""
+    """A made-up SST-2-shaped file: strip=False keeps each sentence as stored; the lm-eval template feeds it so."""
     from lib.data import load_classification
 
     (tmp_root / "sst2").mkdir()

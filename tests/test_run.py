@@ -184,7 +184,8 @@ def test_a_missing_model_runs_the_notebook_that_makes_it_first(tmp_path, monkeyp
 
 SLOW = [("profile = None", ["parameters"]),
         ("import os, time\nfrom lib.reporting import record\n"
-         "record({'notebook': '01_slow', 'profile': profile, 'seed': 0}, {'answer': 41 + bool(os.environ.get('SLOW'))})",
+         "record({'notebook': '01_slow', 'profile': profile, 'seed': 0},\n"
+         "       {'answer': 41 + bool(os.environ.get('SLOW'))})",
          []),
         ("if os.environ.get('SLOW'):\n    open(os.environ['MARKER'], 'w').write(str(os.getpid()))\n    time.sleep(300)",
          [])]
