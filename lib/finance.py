@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from datasets import ClassLabel, Dataset, Features, Value
 
-from lib.data import REPO_ROOT, DataFormatError, DataNotFoundError, _jsonl, data_error, data_root, read_lines
+from lib.data import (DATASETS, REPO_ROOT, DataFormatError, DataNotFoundError, _jsonl, _read_tsv, data_error,
+                      data_root)
 
 FIN_DIR = REPO_ROOT / "finance"
 SENTENCES_PATH = FIN_DIR / "sentences.jsonl"
@@ -130,17 +131,8 @@ def ag_news_path() -> Path:
 
 def ag_news_rows(path: Path | None = None) -> list[tuple[str, str]]:
     """(text field exactly as stored, label) of every line of AG News test.tsv; index = 0-based line number."""
-    path = path or ag_news_path()
-    lines = list(read_lines(path))
-    if lines[-1][1] == "":  # the newline that ends the last line
-        lines.pop()
-    rows = []
-    for i, line in lines:
-        cols = line.split("\t")
-        if len(cols) != 2:
-            raise data_error(path, i, f"expected 2 tab-separated columns (text, label), got {len(cols)}")
-        rows.append((cols[0], cols[1]))
-    return rows
+    texts, labels = _read_tsv(path or ag_news_path(), DATASETS["ag_news"], strip=False)  # no blank lines in it
+    return list(zip(texts, labels))
 
 
 # ---------------------------------------------------------------- sentences.jsonl

@@ -92,12 +92,11 @@ def with_prerequisites(selected: list[Path], folder: Path, profile: str,
     return sorted(set(plan)), notes
 
 
-def up_to_date(profile: str, notebook: str, parameters: dict[str, Any], commit: str) -> bool:
+def up_to_date(ledger: dict[str, Any], out_dir: Path, notebook: str, parameters: dict[str, Any], commit: str) -> bool:
     """True when the ledger says the notebook's last run succeeded at this (clean) commit with these parameters."""
-    run = load_ledger(profile).get(notebook, {}).get("run", {})
+    run = ledger.get(notebook, {}).get("run", {})
     return (run.get("status") == "ok" and run.get("commit") == commit and "+dirty" not in commit
-            and commit != "unknown" and run.get("parameters") == parameters
-            and (report_dir(profile) / f"{notebook}.ipynb").is_file())
+            and commit != "unknown" and run.get("parameters") == parameters and (out_dir / f"{notebook}.ipynb").is_file())
 
 
 def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {nb.stem: {"profile": args.profile, **{k: v for k, v in params.items() if k in notebook_knobs(nb.stem)}}
                  for nb in notebooks}
     if args.resume:
-        done = [nb for nb in notebooks if up_to_date(args.profile, nb.stem, overrides[nb.stem], commit)]
+        done = [nb for nb in notebooks if up_to_date(ledger, out_dir, nb.stem, overrides[nb.stem], commit)]
         for nb in done:
             print(f"{nb.stem}: up to date (ok at {commit[:12]}, same parameters), skipped")
         notebooks = [nb for nb in notebooks if nb not in done]

@@ -150,7 +150,7 @@ class TrainConfig:
         for name in ("log_dir", "ckpt_dir"):
             v = getattr(self, name)
             need(name, v is None or isinstance(v, (str, os.PathLike)), "a path or None")
-        names = (self.tracker,) if isinstance(self.tracker, str) else self.tracker
+        names = _tracker_names(self.tracker)
         need("tracker", isinstance(names, (tuple, list)) and bool(names) and set(names) <= set(TRACKERS) | {"none"}
              and ("none" not in names or len(names) == 1), f"one of {', '.join(TRACKERS)}, a tuple of them, or none")
         need("warmup_steps", self.warmup_steps <= self.max_steps, f"<= max_steps={self.max_steps}")
@@ -160,11 +160,16 @@ class TrainConfig:
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> the package it needs
 
 
+def _tracker_names(tracker: Any) -> list[Any]:
+    """TrainConfig.tracker as a list: one name or several."""
+    return [tracker] if isinstance(tracker, str) else list(tracker) if isinstance(tracker, (tuple, list)) else tracker
+
+
 def trackers(cfg: TrainConfig) -> list[str]:
     """The trackers a run logs to: none without log_dir; each one's package must be installed."""
     import importlib.util
 
-    names = [cfg.tracker] if isinstance(cfg.tracker, str) else list(cfg.tracker)
+    names = _tracker_names(cfg.tracker)
     if cfg.log_dir is None or names == ["none"]:
         return []
     for name in names:
