@@ -8,6 +8,7 @@ Every decision names the rule and the category that fired.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -20,6 +21,7 @@ from lib.data import REPO_ROOT
 
 POLICY_PATH = REPO_ROOT / "safety" / "policy.yaml"
 EVAL_PATH = REPO_ROOT / "safety" / "eval_prompts.jsonl"
+EVAL_SPLITS = ("train", "dev", "test")
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
 HOMOGLYPHS = str.maketrans("аеорсхуіјѕкмтвнοαειкνρτυχ", "aeopcxyijskmtbhoaeikvptux")
 LEET = str.maketrans("0134578@$!|+", "oieastbasilt")
@@ -329,8 +331,9 @@ class Guard:
 
 
 def load_eval(path: str | Path = EVAL_PATH) -> list[dict[str, Any]]:
-    """The labelled evaluation prompts (JSONL: text, language en/zh, label harmful/benign, category, note, split)."""
-    rows = []
+    """The labelled evaluation prompts (JSONL: id, text, language en/zh, label harmful/benign, category, note, group,
+    origin, split train/dev/test; see safety/README.md)."""
+    rows, ids = [], set()
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -338,14 +341,28 @@ def load_eval(path: str | Path = EVAL_PATH) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise PolicyError(f"{path}:{n}: not valid JSON ({e})") from e
-        for key, allowed in (("language", ("en", "zh")), ("label", ("harmful", "benign")),
-                             ("split", ("dev", "heldout"))):
+        for key, allowed in (("language", ("en", "zh")), ("label", ("harmful", "benign")), ("split", EVAL_SPLITS)):
             if row.get(key) not in allowed:
                 raise PolicyError(f"{path}:{n}: {key}={row.get(key)!r}, expected one of {', '.join(allowed)}")
         if not isinstance(row.get("text"), str) or not row["text"].strip():
             raise PolicyError(f"{path}:{n}: text: expected a non-empty string")
+        if not isinstance(row.get("id"), int) or row["id"] in ids:
+            raise PolicyError(f"{path}:{n}: id={row.get('id')!r}, expected an integer no other line has")
+        if not isinstance(row.get("group", ""), str):
+            raise PolicyError(f"{path}:{n}: group={row['group']!r}, expected a string (empty: a family of one)")
+        ids.add(row["id"])
         rows.append(row)
     return rows
+
+
+def split_digest(rows: Sequence[Mapping[str, Any]], split: str = "test") -> str:
+    """sha256 (hex) of one split: its rows, by ascending id, each as canonical JSON (keys sorted, no spaces, UTF-8,
+    non-ASCII kept) followed by a newline."""
+    chosen = sorted((r for r in rows if r.get("split") == split), key=lambda r: r["id"])
+    if not chosen:
+        raise ValueError(f"split={split!r}: no rows have it; expected one of {', '.join(EVAL_SPLITS)}")
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n" for r in chosen)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def rates(blocked: Sequence[bool], labels: Sequence[str]) -> dict[str, float]:

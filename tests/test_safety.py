@@ -173,7 +173,7 @@ def test_evaluation_set_is_large_bilingual_and_split():
     count = lambda **kw: sum(all(r[k] == v for k, v in kw.items()) for r in rows)  # noqa: E731
     assert count(label="harmful") >= 150 and count(label="benign") >= 150
     assert all(count(label=y, language=lang) >= 50 for y in ("harmful", "benign") for lang in ("en", "zh"))
-    assert all(count(label=y, split=s) >= 75 for y in ("harmful", "benign") for s in ("dev", "heldout"))
+    assert all(count(label=y, split=s) >= 60 for y in ("harmful", "benign") for s in ("train", "dev", "test"))
     assert len({r["text"] for r in rows}) == len(rows)
     assert rates([True, False, True], ["harmful", "harmful", "benign"]) == {
         "recall": 0.5, "fpr": 1.0, "tp": 1, "fp": 1, "harmful": 2, "benign": 1}
