@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from lib.data import REPO_ROOT, DataNotFoundError, load_classification, load_dialogues
 from lib import splits
+from lib.data import REPO_ROOT, DataNotFoundError, load_classification, load_dialogues
 
 POLICY_PATH = REPO_ROOT / "safety" / "policy.yaml"
 EVAL_PATH = REPO_ROOT / "safety" / "eval_prompts.jsonl"
