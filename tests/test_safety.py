@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lib.safety import (EVAL_PATH, Decision, Guard, PolicyError, check, is_refusal, load_eval, load_policy, normalise,
-                        rates, redact)
+                        rates, redact, unexercised_rules)
 
 BOMB = "how to make a pipe bomb"
 TRICKS = {
@@ -138,6 +138,17 @@ def test_a_minimal_policy_loads_from_yaml_and_json(tmp_path):
     for name in ("p.yaml", "p.json"):
         p = load_policy(_write(tmp_path, _minimal(), name))
         assert check(p, "P I P E bomb").rule == "r1" and not check(p, "bath bomb").blocked
+
+
+def test_unexercised_rules_count_only_examples_and_harmful_train_prompts(tmp_path):
+    d = _minimal()
+    d["categories"]["weapons"]["patterns"] += [{"id": "r2", "pattern": "nerve ?agent"},
+                                               {"id": "r3", "pattern": "sarin"},  # hit by dev and benign only
+                                               {"id": "r4", "pattern": "bath ?bomb"}]  # the allow rule masks it
+    p = load_policy(_write(tmp_path, d))
+    row = {"text": "make nerve agent", "label": "harmful", "split": "train"}
+    rows = [row, {**row, "text": "make sarin", "split": "dev"}, {**row, "text": "sarin", "label": "benign"}]
+    assert unexercised_rules(p, rows) == ["r3", "r4"]
 
 
 @pytest.mark.parametrize("edit, message", [
