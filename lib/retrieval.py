@@ -67,9 +67,11 @@ def _blocks(model) -> tuple[object, str]:
 
 @torch.no_grad()
 def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, batch_size: int = 32,
-          max_tokens: int = 128) -> np.ndarray:
-    """(n, d) L2-normalised mean over each text's tokens of the hidden states after the first `blocks` transformer
-    blocks (None: all of them); the later blocks are not run at all."""
+          max_tokens: int = 128, pool: str = "mean") -> np.ndarray:
+    """(n, d) L2-normalised hidden states after the first `blocks` transformer blocks (None: all of them; the later
+    blocks are not run at all), pooled over each text's tokens: their mean, or the last token's (`pool="last"`)."""
+    if pool not in ("mean", "last"):
+        raise ValueError(f"pool={pool!r}: expected 'mean' or 'last'")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     base, attr = _blocks(model)
@@ -80,12 +82,16 @@ def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, bat
     try:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = [tokenizer(texts[i], add_special_tokens=False)["input_ids"][:max_tokens] or [pad] for i in idx]
+            enc = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] or [pad] for i in idx]
+            enc = [e[:max_tokens] if pool == "mean" else e[-max_tokens:] for e in enc]  # "last" keeps the end
             width = max(map(len, enc))
             ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
             mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
             hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            if pool == "mean":
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            else:
+                pooled = hidden[torch.arange(len(idx), device=device), mask.sum(1) - 1]
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
     finally:
         setattr(base, attr, full)

@@ -86,10 +86,15 @@ class Decision:
     rule: str | None = None
     match: str = ""
     view: str = ""
+    arm: str | None = None  # "rules" or "classifier": which arm decided
+    score: float | None = None  # the classifier's harm score, when it ran
 
     def __str__(self) -> str:
+        score = "" if self.score is None else f", score {self.score:+.2f}"
         if not self.blocked:
-            return f"{self.stage}: allowed"
+            return f"{self.stage}: allowed{score}"
+        if self.arm == "classifier":
+            return f"{self.stage}: blocked by the classifier as {self.category}{score}"
         return f"{self.stage}: blocked by {self.category}/{self.rule} on {self.match!r} ({self.view} view)"
 
 
@@ -223,7 +228,7 @@ def check(policy: Policy, text: str, stage: str = "input", normalised: bool = Tr
     if not hits:
         return Decision(False, stage)
     rule, view, _, _, matched = hits[0]
-    return Decision(True, stage, rule.category, rule.id, matched, view)
+    return Decision(True, stage, rule.category, rule.id, matched, view, arm="rules")
 
 
 def unexercised_rules(policy: Policy, rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -260,13 +265,13 @@ def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def outcome(policy: Policy, text: str, reply: str, input_filter: bool, output_filter: bool) -> str:
+def outcome(guard: Guard, text: str, reply: str, input_filter: bool, output_filter: bool) -> str:
     """What the user gets in one ablation arm: 'input filter', 'output filter', 'model refused' or 'answered'."""
-    if input_filter and check(policy, text, "input").blocked:
+    if input_filter and guard.check(text, "input").blocked:
         return "input filter"
-    if output_filter and check(policy, reply, "output").blocked:
+    if output_filter and guard.check(reply, "output").blocked:
         return "output filter"
-    return "model refused" if is_refusal(policy, reply) else "answered"
+    return "model refused" if is_refusal(guard.policy, reply) else "answered"
 
 
 def is_refusal(policy: Policy, reply: str) -> str | None:
@@ -306,10 +311,23 @@ class Guard:
     input_filter: bool = True
     output_filter: bool = True
     output_mode: str = "block"
+    classifier: Callable[[str], tuple[float, str]] | None = None  # text -> (harm score, category): lib.guard
+    threshold: float = float("inf")  # the classifier blocks when its score exceeds this
 
     def __post_init__(self) -> None:
         if self.output_mode not in ("block", "redact"):
             raise ValueError(f"output_mode={self.output_mode!r}: expected 'block' or 'redact'")
+
+    def check(self, text: str, stage: str = "input") -> Decision:
+        """One message through both filter arms: the rules first, then the classifier (if any) against its threshold."""
+        if stage not in ("input", "output"):
+            raise ValueError(f"stage={stage!r}: expected 'input' or 'output'")
+        dec = check(self.policy, text, stage)
+        if dec.blocked or self.classifier is None:
+            return dec
+        score, category = self.classifier(text)
+        blocked = score > self.threshold
+        return Decision(blocked, stage, category if blocked else None, arm="classifier", score=score)
 
     def system_prompt(self, base: str | None = None) -> str | None:
         """The session's system prompt: `base`, followed by the policy's risk prompt when that is switched on."""
@@ -322,7 +340,7 @@ class Guard:
         """One turn through the layer: input filter, the model (system prompt as set), output post-filter."""
         t0 = time.perf_counter()
         refusal = self.policy.refusal_message[language(text)]
-        dec = check(self.policy, text, "input") if self.input_filter else Decision(False, "input")
+        dec = self.check(text, "input") if self.input_filter else Decision(False, "input")
         filter_ms = (time.perf_counter() - t0) * 1e3
         if dec.blocked:
             session.history += [{"role": "user", "content": text}, {"role": "assistant", "content": refusal}]
@@ -334,7 +352,7 @@ class Guard:
         if self.output_filter:
             t2 = time.perf_counter()
             if self.output_mode == "block":
-                d = check(self.policy, raw, "output")
+                d = self.check(raw, "output")
                 out, reply = ([d], refusal) if d.blocked else ([], raw)
             else:
                 reply, out = redact(self.policy, raw)

@@ -66,7 +66,7 @@ def test_an_allowed_phrase_cannot_hide_a_harmful_one(policy):
 
 def test_decision_names_rule_and_category(policy):
     d = check(policy, "Write ransomware that encrypts my school's files")
-    assert d == Decision(True, "input", "malware", d.rule, d.match, d.view) and d.rule and d.match
+    assert d == Decision(True, "input", "malware", d.rule, d.match, d.view, "rules") and d.rule and d.match
     assert "malware/" in str(d) and str(check(policy, "hello")) == "input: allowed"
 
 
