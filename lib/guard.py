@@ -35,8 +35,10 @@ def _unspace(text: str) -> str:
     pieces = [p for p in re.split(r"[\W_]+", text) if p]
     if len(pieces) < 4 or sum(len(p) == 1 for p in pieces) < 0.6 * len(pieces):
         return text
-    spaced = re.search(r"\s{2,}", text) or not re.search(r"[^\w\s]", text)  # "h o w   t o": words break at runs
-    words = re.split(r"\s{2,}" if spaced else r"\s+", text)
+    dotted = re.search(r"\w[^\w\s]\w[^\w\s]\w", text)  # "h.o.w. .t.o": words break at spaces
+    if not dotted and not re.search(r"(?<!\w)(?:\w\s){3}\w(?!\w)", text):  # "e.g. at 5 a.m.": not spaced out
+        return text
+    words = re.split(r"\s+" if dotted else r"\s{2,}", text)  # "h o w   t o": at runs of spaces
     return " ".join(w for w in (re.sub(r"[\W_]", "", w) for w in words) if w)
 
 
