@@ -346,9 +346,12 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(notebook: str, params: Mapping[str, Any]) -> Config:
-    """Resolve a notebook's parameters, seed every RNG, pick the device and apply the plot style."""
+    """Resolve a notebook's parameters, check its prerequisites, seed every RNG, pick the device, apply the plot style."""
     cfg = resolve(notebook, params)
     os.environ["WORKBOOK_PROFILE"] = cfg.profile  # so that loaders (e.g. models/<profile>/) follow the notebook
+    from lib.requires import check
+
+    check(notebook, cfg)  # data, packages and model folders: fail now, not half-way through the run
     cfg["device"] = pick_device(cfg.device)
     seed_everything(cfg.seed)
     from lib.reporting import use_style

@@ -21,6 +21,7 @@ from lib.data import REPO_ROOT
 from lib.models import MINI_GPT, models_root
 from lib.reporting import (KINDS, STAGED_LEDGER, atomic_write_bytes, atomic_write_json, atomic_write_text, git_commit,
                            load_ledger, report_dir)
+from lib.requires import model_folders
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # The model folders a notebook leaves in models/<profile>/ for the later ones.
@@ -67,12 +68,10 @@ def select(only: list[str] | None, folder: Path) -> list[Path]:
 
 def needs(notebook: str, profile: str, params: dict[str, Any]) -> set[str]:
     """The model folders of models/<profile>/ that `notebook` loads with these parameters (made by MAKES)."""
-    if notebook == "03_pretraining":
-        return {"bpe-tinystories"}
     if not any(notebook in p for p in PROFILES.values()):
         return set()
     cfg = resolve(notebook, {**{k: v for k, v in params.items() if k in notebook_knobs(notebook)}, "profile": profile})
-    return {MINI_GPT} & {cfg.get("model"), *(cfg.get("compare_models") or [])}
+    return model_folders(notebook, cfg)
 
 
 def with_prerequisites(selected: list[Path], folder: Path, profile: str,
