@@ -13,11 +13,15 @@ PROFILE_NAMES = ("smoke", "cpu", "gpu")
 DEFAULT_PROFILE = "cpu"
 
 
-class ParameterError(ValueError):
-    """A notebook parameter has a value that is not allowed; the message is one line."""
+class OneLineError(Exception):
+    """An error IPython shows as its message alone, without a traceback (the message says what to do)."""
 
     def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"ParameterError: {self}"]
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ParameterError(OneLineError, ValueError):
+    """A notebook parameter has a value that is not allowed; the message is one line."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from lib.config import OneLineError
+
 BPE = "bpe-tinystories"
 
 
-class PrerequisiteError(RuntimeError):
+class PrerequisiteError(OneLineError, RuntimeError):
     """Something a notebook needs is missing; the message lists each item and how to get it."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"PrerequisiteError: {self}"]
 
 
 @dataclass(frozen=True)
