@@ -10,6 +10,16 @@ from lib.requires import NEEDS, PrerequisiteError, check, missing, model_folders
 from lib.run import NOTEBOOKS_DIR, needs
 
 
+@pytest.fixture(autouse=True)
+def models(tmp_path_factory, monkeypatch):
+    """A models root holding every folder the notebooks make, so that only what a test takes away is missing."""
+    root = tmp_path_factory.mktemp("models")
+    for name in ("mini-gpt", "mini-gpt-chat", "bpe-tinystories"):
+        (root / name).mkdir()
+    monkeypatch.setenv("WORKBOOK_MODELS", str(root))
+    return root
+
+
 def test_every_notebook_declares_what_it_needs():
     assert {p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")} <= set(NEEDS)
 
