@@ -77,3 +77,11 @@ def gpt2_tok(byte_bpe):
     from lib.models import load_tokenizer
 
     return load_tokenizer("gpt2") if (data_root() / "gpt2-tokenizer" / "tokenizer.json").is_file() else byte_bpe
+
+
+@pytest.fixture(scope="module")
+def chat_tok(gpt2_tok):
+    """GPT-2's tokenizer (or its byte-level stand-in without ../shared/data) with the workbook's chat template."""
+    from lib.sft import ensure_chat_template
+
+    return ensure_chat_template(gpt2_tok)

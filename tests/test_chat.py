@@ -6,7 +6,7 @@ import torch
 
 from lib.chat import ChatSession, ContextError, GenerationSettings, _partial_end, fit_context
 from lib.generation import generate, stream_ids
-from lib.sft import ensure_chat_template, render_ids
+from lib.sft import render_ids
 
 SYSTEM = "You are a helpful assistant."
 TURNS = [{"role": "user", "content": "My name is Lin."}, {"role": "assistant", "content": "Nice to meet you, Lin!"},
@@ -15,9 +15,8 @@ TURNS = [{"role": "user", "content": "My name is Lin."}, {"role": "assistant", "
 
 
 @pytest.fixture(scope="module")
-def tok(gpt2_tok):
-    """GPT-2's tokenizer (or its byte-level stand-in without ../shared/data) with the workbook's chat template."""
-    return ensure_chat_template(gpt2_tok)
+def tok(chat_tok):
+    return chat_tok
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ import torch
 
 from lib.guard import ARMS, LearnedGuard, canonical, judge_scores, threshold_at_fpr
 from lib.safety import PERTURBATIONS, Guard, check, load_eval, load_policy, rates
-from lib.sft import ensure_chat_template
 
 
 @pytest.fixture(scope="module")
-def tok(gpt2_tok):
-    return ensure_chat_template(gpt2_tok)
+def tok(chat_tok):
+    return chat_tok
 
 
 @pytest.fixture(scope="module")
