@@ -9,12 +9,14 @@ SCRIPT = Path(__file__).with_name("scripts") / "ddp_train.py"
 
 
 def _run(cmd: list[str], env: dict) -> None:
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=240)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"exit {done.returncode}: {' '.join(cmd)}\n{done.stderr[-4000:]}"
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}  # gloo on CPU; GPUs need no flag
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT), "8", str(tmp_path / "ddp.json")], env)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",  # gloo on CPU; GPUs need no flag
+           "GLOO_SOCKET_IFNAME": "lo"}  # loopback, whatever the machine's hostname resolves to
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "8", str(tmp_path / "ddp.json")], env)
     _run([sys.executable, str(SCRIPT), "16", str(tmp_path / "one.json")], env)
     ddp, one = (json.loads((tmp_path / f).read_text()) for f in ("ddp.json", "one.json"))
     assert ddp["world"] == 2 and one["world"] == 1

@@ -4,6 +4,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lib.training import TrainConfig, pack, train
@@ -19,3 +20,6 @@ history = train(model, blocks[:-16], blocks[-16:],
 if int(os.environ.get("RANK", 0)) == 0:
     with open(out, "w") as f:
         json.dump({"world": int(os.environ.get("WORLD_SIZE", 1)), "history": list(history)}, f)
+if dist.is_initialized():  # leave together: a rank that exits while the other still talks to it aborts (SIGABRT)
+    dist.barrier()
+    dist.destroy_process_group()
