@@ -36,14 +36,16 @@ def _from_json(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return [_from_json(v, tensors) for v in obj] if isinstance(obj, list) else obj
 
 
-def _save_part(folder: Path, name: str, obj: Any) -> None:
+def save_part(folder: Path, name: str, obj: Any) -> None:
+    """Write obj as <name>.json, its tensors in <name>.safetensors (no pickle)."""
     tensors: dict[str, torch.Tensor] = {}
     (folder / f"{name}.json").write_text(json.dumps(_to_json(obj, tensors), indent=1) + "\n", encoding="utf-8")
     if tensors:
         save_file(tensors, str(folder / f"{name}.safetensors"))
 
 
-def _load_part(folder: Path, name: str) -> Any:
+def load_part(folder: Path, name: str) -> Any:
+    """Read back what save_part wrote."""
     file = folder / f"{name}.safetensors"
     tensors = load_file(str(file)) if file.is_file() else {}
     return _from_json(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")), tensors)
@@ -71,9 +73,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, opt: torch.
         save_model(model, str(tmp / "model.safetensors"))  # tied weights (lm_head = wte) are stored once
         if hasattr(getattr(model, "config", None), "to_json_file"):
             model.config.to_json_file(tmp / "config.json")  # so from_pretrained(path) works
-        _save_part(tmp, "optimizer", opt.state_dict())
-        _save_part(tmp, "scheduler", sched.state_dict())
-        _save_part(tmp, "trainer_state", {**state, "rng": rng_state()})
+        save_part(tmp, "optimizer", opt.state_dict())
+        save_part(tmp, "scheduler", sched.state_dict())
+        save_part(tmp, "trainer_state", {**state, "rng": rng_state()})
     return Path(path)
 
 
@@ -85,12 +87,12 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, opt: torch.
         raise FileNotFoundError(f"{path}: not a checkpoint (no trainer_state.json); expected a folder from train()")
     load_model(model, str(path / "model.safetensors"))
     if opt is not None:
-        osd = _load_part(path, "optimizer")
+        osd = load_part(path, "optimizer")
         osd["state"] = {int(i): s for i, s in osd["state"].items()}  # JSON made the parameter ids strings
         opt.load_state_dict(osd)
     if sched is not None:
-        sched.load_state_dict(_load_part(path, "scheduler"))
-    state = _load_part(path, "trainer_state")
+        sched.load_state_dict(load_part(path, "scheduler"))
+    state = load_part(path, "trainer_state")
     set_rng_state(state.pop("rng"))
     return state
 

@@ -313,6 +313,15 @@ def load_fin_sentiment(split: str | None = None, labels: Path | str = FINAL_PATH
                               SPLIT_KEY: [r[SPLIT_KEY] for _, r in rows]}, features=feats)
 
 
+def recorded_digest(readme: Path | str = FIN_DIR / "README.md") -> str:
+    """The test split's sha256 as finance/README.md records it (written by make_splits.py)."""
+    found = re.search(r"test split sha256 \(`lib.finance.split_digest`\): `([0-9a-f]{64})`",
+                      Path(readme).read_text(encoding="utf-8"))
+    if not found:
+        raise DataFormatError(f"{readme}: no 'test split sha256' line; expected the block make_splits.py writes")
+    return found[1]
+
+
 def split_digest(final: Mapping[int, Mapping[str, Any]], split: str = "test") -> str:
     """sha256 (hex) of one split's labels: UTF-8 of the JSON list of {"id", "label"} of its items, sorted by id.
 
@@ -354,3 +363,52 @@ def pass_agreement(pass1: Mapping[int, Mapping[str, str]], pass2: Mapping[int, M
     return {"n": len(pairs), "agree": sum(a == b for a, b in pairs), "kappa": cohen_kappa(*zip(*pairs)),
             "n_kept": len(kept), "agree_kept": sum(a == b for a, b in kept), "kappa_kept": cohen_kappa(*zip(*kept)),
             "confusion": {a: {b: int(table[r][c]) for c, b in enumerate(names)} for r, a in enumerate(names)}}
+
+
+# ---------------------------------------------------------------- the topic split and the lexicon baseline
+
+def finance_rows(sentences: Path | str = SENTENCES_PATH, labels: Path | str = FINAL_PATH) -> dict[int, str]:
+    """AG News row -> the split of the labelled sentence taken from it (excluded sentences pin no row)."""
+    final = read_fin_final(labels)
+    return {it["row"]: final[it["id"]][SPLIT_KEY] for it in read_fin_sentences(sentences)
+            if final[it["id"]][SPLIT_KEY] is not None}
+
+
+def topic_split(texts: Sequence[str], labels: Sequence[int], pinned: Mapping[int, str], n_train: int, n_val: int,
+                seed: int) -> dict[str, list[int]]:
+    """Row indices of a seeded, deduplicated, stratified split of AG News: n_train and n_val rows per topic, the rest
+    test. A pinned row (a labelled sentence's) may only go to its sentence's split; one not drawn there is left out."""
+    import numpy as np
+
+    from lib.splits import dedupe, normalise
+
+    order = sorted(range(len(texts)), key=lambda i: (i not in pinned, i))  # a pinned copy wins over its duplicate
+    rows, rng = sorted(dedupe(order, key=lambda i: normalise(texts[i]))), np.random.default_rng(seed)
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for y in sorted(set(labels)):
+        mine = [i for i in rows if labels[i] == y]
+        left = [mine[j] for j in rng.permutation(len(mine))]
+        for s, n in zip(SPLITS, (n_train, n_val, len(left))):
+            take = [i for i in left if pinned.get(i, s) == s][:n]
+            out[s] += take
+            left = [i for i in left if i not in set(take)]
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def vader_compound(texts: Sequence[str]) -> list[float]:
+    """VADER's compound polarity (-1 .. 1) of each text (Hutto & Gilbert 2014; the vaderSentiment package)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    return [sia.polarity_scores(t)["compound"] for t in texts]
+
+
+def three_way(compound: Sequence[float], low: float = -0.05, high: float = 0.05) -> list[int]:
+    """Three classes (indices into FIN_LABELS) from a polarity: > high positive, < low negative, else neutral; the
+    defaults are VADER's own cut-offs."""
+    return [0 if c > high else 2 if c < low else 1 for c in compound]
+
+
+def vader_labels(texts: Sequence[str], low: float = -0.05, high: float = 0.05) -> list[int]:
+    """VADER's three-way labels of each text (see three_way)."""
+    return three_way(vader_compound(texts), low, high)

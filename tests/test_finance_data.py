@@ -414,3 +414,25 @@ def test_the_sentence_picker_on_made_up_rows():
     assert picked == script.sample(cands, 2)  # seeded: the same every time
     with pytest.raises(SystemExit, match="only 2 Business rows"):
         script.sample(cands, 3)
+
+
+def test_topic_split_keeps_pinned_rows_in_their_split_and_balances_topics():
+    from lib.finance import topic_split
+
+    texts = [f"article number {i}" for i in range(120)] + ["article number 5"]  # row 120 duplicates row 5
+    labels = [i % 3 for i in range(120)] + [2]
+    pinned = {0: "test", 3: "train", 6: "validation", 9: "train", 120: "train"}
+    for seed in range(5):
+        out = topic_split(texts, labels, pinned, n_train=10, n_val=5, seed=seed)
+        assert [sum(labels[i] == y for i in out["train"]) for y in range(3)] == [10, 10, 10]
+        assert [sum(labels[i] == y for i in out["validation"]) for y in range(3)] == [5, 5, 5]
+        where = {i: s for s, rows in out.items() for i in rows}
+        assert len(where) == sum(map(len, out.values())) and 5 not in where  # disjoint; the duplicate dropped
+        assert all(where.get(i, pinned[i]) == pinned[i] for i in pinned)
+        assert where[0] == "test"
+
+
+def test_recorded_digest_is_the_readmes():
+    from lib.finance import recorded_digest
+
+    assert recorded_digest() == split_digest(read_fin_final(), "test")

@@ -48,3 +48,17 @@ def test_fmt_p_and_verdict():
     assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.0421) == "p = 0.042"
     assert verdict(0.0123, 0.21) == "+0.012 (p = 0.210: within the noise)"
     assert verdict(-0.05, 0.01).endswith("a real difference)")
+
+
+def test_macro_f1_equals_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    from lib.stats import macro_f1
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        for _ in range(50):
+            t, p = rng.integers(0, n, 30), rng.integers(0, n, 30)
+            p[:3] = 0  # some classes may be absent from one side
+            want = f1_score(t, p, labels=list(range(n)), average="macro", zero_division=0)
+            assert abs(macro_f1(t, p, n) - want) < 1e-12
