@@ -105,3 +105,21 @@ def test_cli_prints_an_alert_for_a_surge_and_exits_2_on_a_bad_line(tmp_path, cap
     f.write_text(f.read_text() + '{"time": "2004-09-03T00:00"}\n')
     assert main([str(f), "--lexicon"]) == 2
     assert f"stream.jsonl:{len(rows) + 1}:" in capsys.readouterr().err
+
+
+def test_saved_classifier_round_trips_through_safetensors(tmp_path):
+    import torch
+
+    from lib.monitor import NewsClassifier
+
+    clf = NewsClassifier("smollm2-135m-instruct", 4, ["World", "Business"], torch.randn(8),
+                         {"topic": {"weight": torch.randn(2, 8), "bias": torch.zeros(2)},
+                          "sentiment": {"weight": torch.randn(3, 8), "bias": torch.ones(3)}}, {"k": 0.5, "h": 4.0})
+    folder = clf.save(tmp_path / "clf")
+    assert sorted(p.name for p in folder.iterdir()) == ["classifier.json", "classifier.safetensors"]
+    back = NewsClassifier.load(folder)
+    assert back.topics == clf.topics and back.alarm == clf.alarm and back.blocks == 4
+    assert torch.equal(back.heads["sentiment"]["weight"], clf.heads["sentiment"]["weight"])
+    assert torch.equal(back.centre, clf.centre)
+    with pytest.raises(FileNotFoundError, match="run notebook 11"):
+        NewsClassifier.load(tmp_path / "nowhere")
