@@ -57,13 +57,21 @@ def make_stream(n_background: int, n_injected: int, n_windows: int, per_window: 
     return windows
 
 
+STATISTICS = ("share", "count")
+
+
 def negative_share(windows: Sequence[Sequence[tuple[str, int]]], topic: dict[str, np.ndarray],
-                   negative: dict[str, np.ndarray], which: int) -> np.ndarray:
-    """Per window: the share of the items predicted as topic `which` that are predicted negative (nan if none)."""
+                   negative: dict[str, np.ndarray], which: int, kind: str = "share") -> np.ndarray:
+    """Per window, of the items predicted as topic `which`: the share predicted negative (nan if none), or with
+    kind="count" their number."""
+    if kind not in STATISTICS:
+        raise ValueError(f"kind={kind!r}: expected one of {', '.join(STATISTICS)}")
     out = np.full(len(windows), np.nan)
     for w, items in enumerate(windows):
         hits = [bool(negative[src][i]) for src, i in items if topic[src][i] == which]
-        if hits:
+        if kind == "count":
+            out[w] = float(sum(hits))
+        elif hits:
             out[w] = float(np.mean(hits))
     return out
 
@@ -126,10 +134,11 @@ def pool_scores(scores: Sequence[dict[str, Any]]) -> dict[str, float]:
             "quiet_windows": quiet, "alerts": alerts, "delays": delays}
 
 
-def pick_alarm(evaluate, ks: Sequence[float], hs: Sequence[float], max_fa: float) -> dict[str, float]:
-    """The (k, h) with the highest recall among those with at most max_fa false alarms per 100 quiet windows (ties:
-    shorter mean delay, then larger h); `evaluate(k, h)` returns pool_scores' dict on a validation stream."""
-    rows = [{"k": k, "h": h, **evaluate(k, h)} for k in ks for h in hs]
+def pick_alarm(evaluate, ks: Sequence[float], hs: Sequence[float], max_fa: float,
+               kinds: Sequence[str] = ("share",)) -> dict[str, Any]:
+    """The (kind, k, h) with the highest recall among those with at most max_fa false alarms per 100 quiet windows
+    (ties: shorter mean delay, then larger h); `evaluate(kind, k, h)` returns pool_scores' dict on validation."""
+    rows = [{"kind": kind, "k": k, "h": h, **evaluate(kind, k, h)} for kind in kinds for k in ks for h in hs]
     ok = [r for r in rows if r["fa_per_100"] <= max_fa] or [min(rows, key=lambda r: (r["fa_per_100"], -r["h"]))]
     return max(ok, key=lambda r: (r["recall"], -np.nan_to_num(r["mean_delay"], nan=1e9), r["h"]))
 
@@ -227,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=12, help="windows that set the baseline (no alerts there)")
     ap.add_argument("--lexicon", action="store_true", help="VADER for sentiment, topics from each record's 'topic'")
     ap.add_argument("--model", type=Path, default=None, help="the classifier notebook 11 saved (default: its folder)")
+    ap.add_argument("--statistic", choices=STATISTICS, default=None, help="negative share or count per window "
+                    "(default: the saved or share)")
     ap.add_argument("-k", type=float, default=None, help="CUSUM allowance (default: the saved or 0.5)")
     ap.add_argument("--h", type=float, default=None, help="CUSUM threshold (default: the saved or 4)")
     args = ap.parse_args(argv)
@@ -237,26 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             names = sorted({r["topic"] for r in records})
             topics = np.array([names.index(r["topic"]) for r in records])
-            sentiment, k, h = vader_labels([r["text"] for r in records]), 0.5, 4.0
+            sentiment, kind, k, h = vader_labels([r["text"] for r in records]), "share", 0.5, 4.0
         else:
             clf = NewsClassifier.load(args.model)
             names, (topics, sentiment) = clf.topics, clf.predict([r["text"] for r in records])
-            k, h = clf.alarm["k"], clf.alarm["h"]
+            kind, k, h = clf.alarm.get("kind", "share"), clf.alarm["k"], clf.alarm["h"]
     except (DataFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     k, h = args.k if args.k is not None else k, args.h if args.h is not None else h
+    kind = args.statistic or kind
     win = window_of([r["time"] for r in records], args.every)
     n = int(win.max()) + 1
     windows = [[("x", i) for i in np.flatnonzero(win == w)] for w in range(n)]
     neg = {"x": np.asarray(sentiment) == 2}
     start = min(r["time"] for r in records)
-    print(f"{len(records)} records in {n} {args.every} windows from {start:%Y-%m-%d %H:%M}; CUSUM k={k}, h={h}")
+    print(f"{len(records)} records in {n} {args.every} windows from {start:%Y-%m-%d %H:%M}; CUSUM on the negative "
+          f"{kind}, k={k}, h={h}")
     if n <= args.warmup + 1:
         print(f"too few windows for a warm-up of {args.warmup}: no alerts possible")
         return 0
     for t, name in enumerate(names):
-        alerts, stat = cusum(negative_share(windows, {"x": topics}, neg, t), args.warmup, k, h)
+        alerts, stat = cusum(negative_share(windows, {"x": topics}, neg, t, kind), args.warmup, k, h)
         for first, last in episodes(alerts):
             when = f"window {first}" if first == last else f"windows {first}-{last}"
             print(f"ALERT {name}: {when} (CUSUM {stat[first]:.1f} > {h}), negative news surging")

@@ -31,6 +31,9 @@ def test_negative_share_counts_only_the_topic():
     neg = {"bg": np.array([True, False, True, True]), "inj": np.array([True])}
     share = negative_share(windows, topic, neg, which=1)
     assert share[0] == 0.5 and np.isnan(share[1]) and share[2] == 0.5
+    assert negative_share(windows, topic, neg, which=1, kind="count").tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="expected one of share, count"):
+        negative_share(windows, topic, neg, which=1, kind="mean")
 
 
 def test_cusum_raises_one_alert_within_the_delay_and_none_on_a_flat_stream():
@@ -68,9 +71,9 @@ def test_scores_by_hand():
 
 def test_pick_alarm_respects_the_false_alarm_budget():
     table = {(0.5, 2): (1.0, 9.0), (0.5, 4): (0.8, 1.0), (1.0, 4): (0.8, 0.5), (1.0, 2): (0.6, 0.0)}
-    ev = lambda k, h: {"recall": table[k, h][0], "fa_per_100": table[k, h][1], "mean_delay": k}
+    ev = lambda kind, k, h: {"recall": table[k, h][0], "fa_per_100": table[k, h][1], "mean_delay": k}
     best = pick_alarm(ev, [0.5, 1.0], [2, 4], max_fa=2.0)
-    assert (best["k"], best["h"]) == (0.5, 4)  # recall 0.8 within budget; ties broken by the shorter delay
+    assert (best["kind"], best["k"], best["h"]) == ("share", 0.5, 4)  # recall 0.8 in budget; ties: shorter delay
 
 
 def test_records_errors_name_the_line(tmp_path):
