@@ -78,6 +78,7 @@ NEEDS: dict[str, Needs] = {
                                       ("sklearn", "garak"), _models_of),
     "10_customer_service": Needs(lambda cfg: {**_tsv("banking77", "sst2", "ag_news"),
                                               **_dialogues("sgd", "self-instruct")}, ("bm25s", "gradio"), _models_of),
+    "12_recommendation": Needs(lambda cfg: {}, ("recbole", "implicit", "peft", "sklearn"), _models_of),
 }
 
 
