@@ -116,26 +116,37 @@ def full_ranks(scores: np.ndarray, targets: Sequence[int], seen: sparse.csr_matr
     return 1 + ((s >= target_score[:, None]) & unseen).sum(1)
 
 
+def _stratified(labels: np.ndarray, n_boot: int, seed: int):
+    """Bootstrap resamples of example indices that redraw the positives and the negatives separately (both classes
+    stay present, so every resample has an AUC)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels.astype(bool))
+    for _ in range(n_boot):
+        yield np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+
+
 def auc_interval(labels: Sequence[int], runs: Sequence[Sequence[float]], n_boot: int = 300,
                  seed: int = 0) -> tuple[float, float, float, float]:
-    """(mean AUC over runs, sd over runs, 95% bootstrap interval of the run-mean AUC over the examples)."""
-    from lib.stats import bootstrap_interval
-
+    """(mean AUC over runs, sd over runs, 95% interval of the run-mean AUC from a stratified bootstrap over the
+    examples)."""
     y, s = np.asarray(labels), np.atleast_2d(np.asarray(runs, dtype=float))
     per_run = [auc(y, r) for r in s]
-    _, lo, hi = bootstrap_interval(lambda idx: np.mean([auc(y[idx], r[idx]) for r in s]), len(y), n_boot, seed)
-    return float(np.mean(per_run)), float(np.std(per_run, ddof=1)) if len(s) > 1 else 0.0, lo, hi
+    boots = [np.mean([auc(y[i], r[i]) for r in s]) for i in _stratified(y, n_boot, seed)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(np.mean(per_run)), float(np.std(per_run, ddof=1)) if len(s) > 1 else 0.0, float(lo), float(hi)
 
 
 def paired_auc(labels: Sequence[int], runs_a: Sequence[Sequence[float]], runs_b: Sequence[Sequence[float]],
                n_boot: int = 300, seed: int = 0) -> tuple[float, float]:
-    """(difference of run-mean AUCs a - b, two-sided paired-bootstrap p-value) on the same examples."""
-    from lib.stats import paired_bootstrap
-
+    """(difference of run-mean AUCs a - b, two-sided p-value): the same stratified resamples for both systems, and
+    twice the share of resampled differences on the other side of zero (as lib.stats.paired_bootstrap)."""
     y = np.asarray(labels)
     a, b = np.atleast_2d(np.asarray(runs_a, float)), np.atleast_2d(np.asarray(runs_b, float))
-    return paired_bootstrap(lambda i: np.mean([auc(y[i], r[i]) for r in a]),
-                            lambda i: np.mean([auc(y[i], r[i]) for r in b]), len(y), n_boot, seed)
+    mean_auc = lambda runs, i: np.mean([auc(y[i], r[i]) for r in runs])
+    every = np.arange(len(y))
+    diff = float(mean_auc(a, every) - mean_auc(b, every))
+    deltas = np.array([mean_auc(a, i) - mean_auc(b, i) for i in _stratified(y, n_boot, seed)])
+    return diff, min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean())))
 
 
 # ---------------------------------------------------------------- protocol 1 models
@@ -157,23 +168,21 @@ class LikeMF:
         nu, ni = int(u.max()) + 1, int(i.max()) + 1
         self.P, self.Q = rng.normal(0, 0.1, (nu, self.factors)), rng.normal(0, 0.1, (ni, self.factors))
         self.bu, self.bi = np.zeros(nu), np.zeros(ni)
-        by_user = [np.flatnonzero(u == k) for k in range(nu)]
-        by_item = [np.flatnonzero(i == k) for k in range(ni)]
         for _ in range(self.iterations):
-            self._solve(self.P, self.bu, self.Q, self.bi, by_user, i, y)
-            self._solve(self.Q, self.bi, self.P, self.bu, by_item, u, y)
+            self._solve(self.P, self.bu, u, self.Q, self.bi, i, y)
+            self._solve(self.Q, self.bi, i, self.P, self.bu, u, y)
         return self
 
-    def _solve(self, X, bx, Y, by, groups, other, y) -> None:
-        """One half-step: each row's [factors, bias] as a ridge regression on its residuals."""
-        eye = self.reg * np.eye(self.factors + 1)
-        for k, rows in enumerate(groups):
-            if len(rows) == 0:
-                continue
-            A = np.hstack([Y[other[rows]], np.ones((len(rows), 1))])
-            target = y[rows] - self.mu - by[other[rows]]
-            sol = np.linalg.solve(A.T @ A + eye, A.T @ target)
-            X[k], bx[k] = sol[:-1], sol[-1]
+    def _solve(self, X, bx, rows, Y, by, other, y) -> None:
+        """One half-step: every row's [factors, bias] as a ridge regression on its residuals, solved in one batch."""
+        A = np.hstack([Y[other], np.ones((len(other), 1))])  # (n_interactions, factors + 1)
+        k = A.shape[1]
+        owner = sparse.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(X), len(rows)))
+        gram = (owner @ (A[:, :, None] * A[:, None, :]).reshape(len(rows), k * k)).reshape(len(X), k, k)
+        rhs = owner @ (A * (y - self.mu - by[other])[:, None])
+        sol = np.linalg.solve(gram + self.reg * np.eye(A.shape[1]), rhs[..., None])[..., 0]
+        seen = np.bincount(rows, minlength=len(X)) > 0  # rows without interactions keep their start values
+        X[seen], bx[seen] = sol[seen, :-1], sol[seen, -1]
 
     def predict(self, users: Sequence[int], items: Sequence[int]) -> np.ndarray:
         """Predicted like score; a user or item never seen in training contributes nothing."""
@@ -258,6 +267,21 @@ def fit_logistic(X: np.ndarray, y: Sequence[int], c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(X, np.asarray(y))
 
 
+def few_shot_curve(X: np.ndarray, y: Sequence[int], pool: np.ndarray, val: np.ndarray, test: np.ndarray,
+                   sizes: Sequence[int], seeds: Sequence[int], cs: Sequence[float]) -> dict[int, dict]:
+    """Per training size n: the regularisation C picked on the validation examples (AUC of the first seed's draw),
+    then one logistic regression per seed, each on its own draw of n examples from `pool`; the test scores per seed."""
+    y = np.asarray(y)
+    out = {}
+    for n in sizes:
+        draws = [pool[draw_balanced(y[pool], n, s)] for s in seeds]
+        val_auc = {c: auc(y[val], fit_logistic(X[draws[0]], y[draws[0]], c).predict_proba(X[val])[:, 1]) for c in cs}
+        c = max(cs, key=lambda k: (val_auc[k], -k))  # ties: the stronger regularisation
+        runs = np.stack([fit_logistic(X[d], y[d], c).predict_proba(X[test])[:, 1] for d in draws])
+        out[n] = {"c": c, "val_auc": val_auc, "runs": runs}
+    return out
+
+
 def draw_balanced(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
     """Indices of n examples drawn with `seed`, with both classes present (TALLRec's few-shot draw, n >= 2)."""
     y = np.asarray(labels)
@@ -288,6 +312,31 @@ def interactions(users: Sequence[int], items: Sequence[int], n_users: int, n_ite
     return m
 
 
+def loo_stage(ratings: pd.DataFrame, side: pd.Series, target: str, n_users: int,
+              n_items: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """(training matrix, each user's target item) of one leave-one-out stage; 'validation' trains on the training
+    interactions, 'test' on training + validation. Ids are 1-based; rows and columns are 0-based (id - 1)."""
+    if target not in ("validation", "test"):
+        raise ValueError(f"target={target!r}: expected 'validation' or 'test'")
+    fit = side.eq("train") if target == "validation" else side.ne("test")
+    X = interactions(ratings["user"][fit] - 1, ratings["item"][fit] - 1, n_users, n_items)
+    t = ratings[side.eq(target)].set_index("user")["item"].reindex(range(1, n_users + 1))
+    if t.isna().any():
+        raise ValueError(f"{int(t.isna().sum())} user(s) have no {target} interaction; expected one per user")
+    return X, t.to_numpy().astype(int) - 1
+
+
+def ranking_row(ranks: np.ndarray, k: int = 10, seed: int = 0) -> dict[str, float]:
+    """HR@k and NDCG@k with their 95% bootstrap intervals over the users."""
+    from lib.stats import bootstrap_interval
+
+    out = {}
+    for name, per_user in (("HR", hit_rate(ranks, k)), ("NDCG", ndcg(ranks, k))):
+        v, lo, hi = bootstrap_interval(lambda i: per_user[i].mean(), len(per_user), seed=seed)
+        out |= {f"{name}@{k}": v, f"{name}@{k} low": lo, f"{name}@{k} high": hi}
+    return out
+
+
 def popularity_scores(train: sparse.csr_matrix) -> np.ndarray:
     """(n_users, n_items): every user gets the items' training interaction counts."""
     counts = np.asarray(train.sum(0)).ravel()
@@ -312,10 +361,12 @@ def als_scores(train: sparse.csr_matrix, factors: int, reg: float, alpha: float 
                seed: int = 0) -> np.ndarray:
     """(n_users, n_items) scores of implicit-feedback ALS (the `implicit` library, Hu et al. 2008)."""
     from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha, iterations=iterations,
-                                    random_state=seed, num_threads=1, calculate_training_loss=False)
-    model.fit(train.astype(np.float32), show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
+        model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha, iterations=iterations,
+                                        random_state=seed, num_threads=1, calculate_training_loss=False)
+        model.fit(train.astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
 
 
@@ -333,6 +384,17 @@ def top_candidates(scores: np.ndarray, seen: sparse.csr_matrix, k: int) -> np.nd
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
     return np.take_along_axis(part, order, 1)
+
+
+def union_candidates(first: np.ndarray, second: np.ndarray, extra: int) -> np.ndarray:
+    """(n_users, k + extra): each user's `first` candidates, then the first `extra` of `second` not among them."""
+    rows = []
+    for a, b in zip(first, second, strict=True):
+        new = b[~np.isin(b, a)][:extra]
+        if len(new) < extra:
+            raise ValueError(f"union_candidates: expected at least {extra} new items in `second`; pass more of them")
+        rows.append(np.concatenate([a, new]))
+    return np.stack(rows)
 
 
 RERANK_FEATURES = ("base", "base_rank", "text", "knn", "log_popularity", "year", "genre_overlap")
@@ -373,6 +435,21 @@ class Reranker:
         """(n_users, k) the learned score of each candidate."""
         n, k, _ = features.shape
         return self.model.decision_function(features[..., self.cols].reshape(n * k, -1)).reshape(n, k)
+
+
+def pick_c(features: np.ndarray, cands: np.ndarray, targets: np.ndarray, base_ranks: np.ndarray,
+           cs: Sequence[float], k: int = 10) -> tuple[float, dict[float, float]]:
+    """The re-ranker's C by two-fold cross-validation over the users (fit on one half, NDCG@k on the other)."""
+    half = np.arange(len(targets)) % 2 == 0
+    score = {}
+    for c in cs:
+        vals = []
+        for fit in (half, ~half):
+            rr = Reranker(features[fit], cands[fit], targets[fit], c)
+            ranks = reranked_ranks(cands[~fit], rr.scores(features[~fit]), targets[~fit], base_ranks[~fit])
+            vals.append(ndcg(ranks, k).mean())
+        score[c] = float(np.mean(vals))
+    return max(cs, key=lambda c: (score[c], -c)), score
 
 
 def reranked_ranks(cands: np.ndarray, new_scores: np.ndarray, targets: Sequence[int],

@@ -214,3 +214,14 @@ def test_candidate_features_shape():
     s = np.arange(10, dtype=float).reshape(2, 5)
     f = candidate_features(cands, {"base": s, "text": s, "knn": s}, train, np.zeros(5), np.eye(5))
     assert f.shape == (2, 2, 7) and np.allclose(f[:, :, 0].mean(1), 0)
+
+
+def test_auc_interval_and_paired_auc_on_a_tiny_set():
+    from lib.recommend import auc_interval, paired_auc
+
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 1])
+    good, bad = y + 0.1 * np.arange(8), -y.astype(float)
+    mean, sd, lo, hi = auc_interval(y, [good, good], n_boot=50)
+    assert (mean, sd, lo, hi) == (1.0, 0.0, 1.0, 1.0)  # a perfect scorer: every resample has AUC 1
+    diff, p = paired_auc(y, [good], [bad], n_boot=50)
+    assert diff == 1.0 and p == 0.0
