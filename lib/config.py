@@ -171,6 +171,8 @@ KNOBS: dict[str, Knob] = {
     "als_factors": Knob(list, "latent factors of ALS matrix factorisation, one picked on the validation split"),
     "candidates": Knob(int, "top candidates of the MF model that the hybrid re-ranks", positive=True),
     "cold_max": Knob(int, "a test item is cold when it has at most this many training interactions", positive=True),
+    "lora_blocks": Knob(int, "last transformer blocks that get LoRA updates (the backward pass stops below them)",
+                        positive=True),
 }
 
 # Every profile value, declared once. "common" applies to every notebook; a notebook's own section overrides it.
@@ -203,10 +205,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 4, "val_per_intent": 2, "test_queries": 77,
                                 "oos_per_source": 10, "zero_shot_examples": 2, "dense_layers": 2, "head_steps": 40,
                                 "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
-        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 2, "train_sizes": [16, 64],
-                              "rec_seeds": 2, "zero_shot_examples": 8, "lora_sizes": [16], "tune_steps": 2,
-                              "batch_size": 4, "lr": 2e-3, "lora_rank": 4, "tune_seeds": 2, "als_factors": [16],
-                              "candidates": 50, "cold_max": 20},
+        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 1, "train_sizes": [16, 64],
+                              "rec_seeds": 2, "zero_shot_examples": 4, "lora_sizes": [4], "tune_steps": 1,
+                              "batch_size": 4, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
+                              "als_factors": [16], "candidates": 50, "cold_max": 20},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -238,10 +240,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "test_queries": 1536, "oos_per_source": 150, "zero_shot_examples": 40,
                                 "dense_layers": 6, "head_steps": 400, "head_lr": 3e-2, "answer_examples": 16,
                                 "reply_tokens": 20},
-        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 6,
-                              "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 160, "lora_sizes": [64], "tune_steps": 16,
-                              "batch_size": 8, "lr": 2e-3, "lora_rank": 8, "tune_seeds": 2, "als_factors": [32, 64, 128],
-                              "candidates": 50, "cold_max": 20},
+        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 4,
+                              "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 48,
+                              "lora_sizes": [16], "tune_steps": 4, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
+                              "lora_blocks": 4, "tune_seeds": 2, "als_factors": [32, 64, 128], "candidates": 50,
+                              "cold_max": 20},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -278,8 +281,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 30,
                               "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 2000,
                               "lora_sizes": [16, 64, 256], "tune_steps": 64, "batch_size": 16, "lr": 1e-3,
-                              "lora_rank": 8, "tune_seeds": 3, "als_factors": [32, 64, 128], "candidates": 50,
-                              "cold_max": 20},
+                              "lora_rank": 8, "lora_blocks": 30, "tune_seeds": 3, "als_factors": [32, 64, 128],
+                              "candidates": 50, "cold_max": 20},
     },
 }
 
