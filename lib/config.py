@@ -206,7 +206,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "oos_per_source": 10, "zero_shot_examples": 2, "dense_layers": 2, "head_steps": 40,
                                 "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
         "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 1, "train_sizes": [16, 64],
-                              "rec_seeds": 2, "zero_shot_examples": 4, "lora_sizes": [4], "tune_steps": 1,
+                              "rec_seeds": 2, "zero_shot_examples": 2, "lora_sizes": [4], "tune_steps": 1,
                               "batch_size": 4, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
                               "als_factors": [16], "candidates": 50, "cold_max": 20},
     },

@@ -249,10 +249,14 @@ def text_like_features(ex: pd.DataFrame, vectors: np.ndarray, genres: np.ndarray
     like_share = L.mean(1)
     genre_like = np.where(share.sum(1) > 0, (L * share).sum(1) / np.maximum(share.sum(1), 1), like_share)
 
-    def sim(weights: np.ndarray) -> np.ndarray:
-        prof = (vectors[H] * weights[..., None]).sum(1)
-        norm = np.linalg.norm(prof, axis=1)
-        return np.where(norm > 0, (prof * vectors[t]).sum(1) / np.maximum(norm, 1e-12), 0.0)
+    gram = vectors @ vectors.T  # item-by-item dot products: no (examples, history, dim) array is ever built
+    to_cand = gram[H, t[:, None]]  # (n, history): each history movie's dot product with the candidate
+    within = gram[H[:, :, None], H[:, None, :]]  # (n, history, history)
+    cand_norm = np.sqrt(np.maximum(np.diag(gram)[t], 1e-24))
+
+    def sim(weights: np.ndarray) -> np.ndarray:  # cosine of the candidate with the weighted sum of history vectors
+        norm = np.sqrt(np.maximum(np.einsum("nj,njk,nk->n", weights, within, weights), 0.0))
+        return np.where(norm > 1e-12, (weights * to_cand).sum(1) / np.maximum(norm * cand_norm, 1e-12), 0.0)
 
     return pd.DataFrame({"like_share": like_share, "genre_like_share": genre_like, "sim_liked": sim(L),
                          "sim_disliked": sim(1 - L), "genre_overlap": share.mean(1)}, index=ex.index)
