@@ -207,7 +207,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
         "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 1, "train_sizes": [16, 64],
                               "rec_seeds": 2, "zero_shot_examples": 2, "lora_sizes": [4], "tune_steps": 1,
-                              "batch_size": 4, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
+                              "batch_size": 2, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
                               "als_factors": [16], "candidates": 50, "cold_max": 20},
     },
     "cpu": {
@@ -242,7 +242,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "reply_tokens": 20},
         "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 4,
                               "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 48,
-                              "lora_sizes": [16], "tune_steps": 4, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
+                              "lora_sizes": [16], "tune_steps": 12, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
                               "lora_blocks": 4, "tune_seeds": 2, "als_factors": [32, 64, 128], "candidates": 50,
                               "cold_max": 20},
     },
