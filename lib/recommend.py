@@ -456,6 +456,25 @@ def pick_c(features: np.ndarray, cands: np.ndarray, targets: np.ndarray, base_ra
     return max(cs, key=lambda c: (score[c], -c)), score
 
 
+def with_cold_slots(lists: np.ndarray, text: np.ndarray, seen: sparse.csr_matrix, cold_items: np.ndarray,
+                    slots: int, k: int = 10) -> np.ndarray:
+    """(n_users, k): the first k - slots items of each user's ranked list, then the `slots` unseen cold items that
+    the text scorer ranks highest among those not already shown (a slot reserved for new movies)."""
+    if not 0 <= slots <= k:
+        raise ValueError(f"slots={slots}: expected 0 <= slots <= k = {k}")
+    head = lists[:, :k - slots]
+    s = np.where(seen.toarray().astype(bool) | ~np.asarray(cold_items, bool)[None, :], -np.inf, text).astype(float)
+    np.put_along_axis(s, head, -np.inf, axis=1)  # never show an item twice
+    tail = np.argsort(-s, axis=1, kind="stable")[:, :slots]
+    return np.concatenate([head, tail], axis=1)
+
+
+def list_ranks(lists: np.ndarray, targets: Sequence[int], fallback: Sequence[float]) -> np.ndarray:
+    """The target's position (1 = top) in each user's shown list, else `fallback` (a rank beyond the list)."""
+    hit = lists == np.asarray(targets)[:, None]
+    return np.where(hit.any(1), hit.argmax(1) + 1, np.asarray(fallback, dtype=float))
+
+
 def reranked_ranks(cands: np.ndarray, new_scores: np.ndarray, targets: Sequence[int],
                    base_ranks: Sequence[float]) -> np.ndarray:
     """The target's rank after re-ordering the candidates by `new_scores` (ties against the target); a target

@@ -225,3 +225,17 @@ def test_auc_interval_and_paired_auc_on_a_tiny_set():
     assert (mean, sd, lo, hi) == (1.0, 0.0, 1.0, 1.0)  # a perfect scorer: every resample has AUC 1
     diff, p = paired_auc(y, [good], [bad], n_boot=50)
     assert diff == 1.0 and p == 0.0
+
+
+def test_cold_slots_by_hand():
+    from lib.recommend import list_ranks, with_cold_slots
+
+    lists = np.array([[4, 3, 2]])
+    text = np.array([[0.1, 0.9, 0.8, 0.7, 0.2, 0.5]])
+    seen = sparse.csr_matrix(np.array([[0, 1, 0, 0, 0, 0]]))
+    cold = np.array([0, 1, 1, 1, 0, 1], bool)  # items 1, 2, 3 and 5 are cold; item 1 is seen, item 3 is shown
+    # keep 4 and 3, then the best unseen cold item not shown: 2 (0.8); two slots keep 4 only, then 2 and 3
+    out = with_cold_slots(lists, text, seen, cold, slots=1, k=3)
+    assert out.tolist() == [[4, 3, 2]] and with_cold_slots(lists, text, seen, cold, 2, 3).tolist() == [[4, 2, 3]]
+    assert list_ranks(np.array([[4, 2, 5]]), [5], [9]).tolist() == [3]
+    assert list_ranks(np.array([[4, 2, 5]]), [0], [9]).tolist() == [9]
