@@ -177,6 +177,17 @@ KNOBS: dict[str, Knob] = {
     "max_false_alarms": Knob(float, "false alarms allowed per 100 quiet windows when the alarm is tuned",
                              positive=True),
     "answer_examples": Knob(int, "in-scope test queries answered by the generator and scored", positive=True),
+    "train_sizes": Knob(list, "labelled training examples of the like / dislike curve (TALLRec's 16, 64, 256, ...)"),
+    "rec_seeds": Knob(int, "draws of the training examples (seeds) per size of the like / dislike curve",
+                      positive=True),
+    "lora_sizes": Knob(list, "training examples of the LoRA runs of the language model (its costly arm)"),
+    "als_factors": Knob(list, "latent factors of ALS matrix factorisation, one picked on the validation split"),
+    "candidates": Knob(int, "top candidates of the MF model that the hybrid re-ranks", positive=True),
+    "cold_max": Knob(int, "a test item is cold when it has at most this many training interactions", positive=True),
+    "cold_slots": Knob(int, "of the ten movies shown, how many the hybrid reserves for cold movies (text scorer)",
+                       nonnegative=True),
+    "lora_blocks": Knob(int, "last transformer blocks that get LoRA updates (the backward pass stops below them)",
+                        positive=True),
 }
 
 # Every profile value, declared once. "common" applies to every notebook; a notebook's own section overrides it.
@@ -215,6 +226,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "10_customer_service": {"model": "smollm2-135m-instruct", "few_shot": 4, "val_per_intent": 2, "test_queries": 77,
                                 "oos_per_source": 10, "zero_shot_examples": 2, "dense_layers": 2, "head_steps": 40,
                                 "head_lr": 3e-2, "answer_examples": 2, "reply_tokens": 6},
+        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 1, "train_sizes": [16, 64],
+                              "rec_seeds": 2, "zero_shot_examples": 2, "lora_sizes": [4], "tune_steps": 1,
+                              "batch_size": 2, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
+                              "als_factors": [16], "candidates": 50, "cold_max": 20, "cold_slots": 1},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -252,6 +267,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "test_queries": 1536, "oos_per_source": 150, "zero_shot_examples": 40,
                                 "dense_layers": 6, "head_steps": 400, "head_lr": 3e-2, "answer_examples": 16,
                                 "reply_tokens": 20},
+        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 4,
+                              "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 48,
+                              "lora_sizes": [16], "tune_steps": 12, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
+                              "lora_blocks": 4, "tune_seeds": 2, "als_factors": [32, 64, 128], "candidates": 50,
+                              "cold_max": 20, "cold_slots": 1},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -291,6 +311,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                 "test_queries": 1536, "oos_per_source": 200, "zero_shot_examples": 1536,
                                 "dense_layers": 30, "head_steps": 1000, "head_lr": 3e-2, "answer_examples": 300,
                                 "reply_tokens": 48},
+        "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 30,
+                              "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 2000,
+                              "lora_sizes": [16, 64, 256], "tune_steps": 64, "batch_size": 16, "lr": 1e-3,
+                              "lora_rank": 8, "lora_blocks": 30, "tune_seeds": 3, "als_factors": [32, 64, 128],
+                              "candidates": 50, "cold_max": 20, "cold_slots": 1},
     },
 }
 

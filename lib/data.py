@@ -479,6 +479,85 @@ def load_dialogues(name: str) -> Dataset:
     return Dataset.from_dict({"messages": convs, "source": [name] * len(convs)})
 
 
+# ---------------------------------------------------------------- MovieLens-100K (from the recbole wheel)
+
+ML100K_PACKAGE = "recbole==1.2.1"
+# RecBole's atomic files: a header of name:type fields, then one tab-separated row per record.
+ML100K_FILES = {"inter": ("user_id", "item_id", "rating", "timestamp"),
+                "item": ("item_id", "movie_title", "release_year", "class"),
+                "user": ("user_id", "age", "gender", "occupation", "zip_code")}
+ML100K_INTS = {"user_id", "item_id", "rating", "timestamp", "age"}
+
+
+@dataclass(frozen=True)
+class MovieLens:
+    """MovieLens-100K: ratings (user, item, rating, timestamp), items (item, title, year, genres), users."""
+
+    ratings: "pd.DataFrame"
+    items: "pd.DataFrame"
+    users: "pd.DataFrame"
+
+
+def movielens_dir() -> Path:
+    """The ml-100k folder inside the installed recbole package (located only: importing recbole needs its deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(f"MovieLens-100K: the PyPI package recbole is not installed; run `pip install "
+                                f"--no-deps {ML100K_PACKAGE}` (or `make setup`); only its data files are used")
+    return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
+
+
+def _atomic(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """Rows of a RecBole atomic file as dicts; a wrong header, field count or number raises DataFormatError."""
+    if not path.is_file():
+        raise DataNotFoundError(f"MovieLens-100K: {path} not found; reinstall with `pip install --force-reinstall "
+                                f"--no-deps {ML100K_PACKAGE}`")
+    rows, lines = [], read_lines(path)
+    _, header = next(lines)
+    names = tuple(h.split(":")[0] for h in header.split("\t"))
+    if names != fields:
+        raise data_error(path, 1, f"expected the header fields {', '.join(fields)}, got {', '.join(names)}")
+    for i, line in lines:
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(fields):
+            raise data_error(path, i, f"expected {len(fields)} tab-separated fields, got {len(cells)}")
+        row = dict(zip(fields, cells))
+        for name in ML100K_INTS & set(fields):
+            try:
+                row[name] = int(float(row[name]))
+            except ValueError:
+                raise data_error(path, i, f"{name}={row[name]!r}: expected a number") from None
+        rows.append(row)
+    if not rows:
+        raise data_error(path, 2, "expected at least one record after the header")
+    return rows
+
+
+def load_movielens(folder: Path | str | None = None) -> MovieLens:
+    """MovieLens-100K from recbole's copy (or `folder` holding ml-100k.inter/.item/.user), checked as it is read."""
+    import pandas as pd
+
+    folder = Path(folder) if folder is not None else movielens_dir()
+    t = {k: pd.DataFrame(_atomic(folder / f"ml-100k.{k}", f)) for k, f in ML100K_FILES.items()}
+    ratings = t["inter"].rename(columns={"user_id": "user", "item_id": "item"})
+    items = t["item"].rename(columns={"item_id": "item", "movie_title": "title", "class": "genres"})
+    items["year"] = pd.to_numeric(items.pop("release_year"), errors="coerce").astype("Int64")
+    users = t["user"].rename(columns={"user_id": "user"})
+    inter = folder / "ml-100k.inter"
+    if bad := sorted(set(ratings["item"]) - set(items["item"]))[:1]:
+        raise data_error(inter, 2, f"item {bad[0]} has ratings but no row in ml-100k.item")
+    if bad := sorted(set(ratings["user"]) - set(users["user"]))[:1]:
+        raise data_error(inter, 2, f"user {bad[0]} has ratings but no row in ml-100k.user")
+    if not ratings["rating"].between(1, 5).all():
+        raise data_error(inter, 2 + int((~ratings["rating"].between(1, 5)).to_numpy().argmax()),
+                         "expected ratings from 1 to 5")
+    return MovieLens(ratings, items.set_index("item", drop=False), users)
+
+
 # ---------------------------------------------------------------- fetch: the local layout, written from the hub
 
 CONLL_COLUMNS = ("tokens", "pos_tags", "chunk_tags", "ner_tags")

@@ -79,6 +79,7 @@ NEEDS: dict[str, Needs] = {
     "10_customer_service": Needs(lambda cfg: {**_tsv("banking77", "sst2", "ag_news"),
                                               **_dialogues("sgd", "self-instruct")}, ("bm25s", "gradio"), _models_of),
     "11_financial_monitoring": Needs(lambda cfg: _tsv("ag_news"), ("sklearn", "vaderSentiment"), _models_of),
+    "12_recommendation": Needs(lambda cfg: {}, ("recbole", "implicit", "peft", "sklearn"), _models_of),
 }
 
 
