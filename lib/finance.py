@@ -391,7 +391,8 @@ def topic_split(texts: Sequence[str], labels: Sequence[int], pinned: Mapping[int
         for s, n in zip(SPLITS, (n_train, n_val, len(left))):
             take = [i for i in left if pinned.get(i, s) == s][:n]
             out[s] += take
-            left = [i for i in left if i not in set(take)]
+            taken = set(take)
+            left = [i for i in left if i not in taken]
     return {s: sorted(v) for s, v in out.items()}
 
 

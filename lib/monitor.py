@@ -1,11 +1,11 @@
-"""Financial news monitoring (金融舆情监测): a stream of windows, injected surges, a CUSUM alarm, and how to score it.
+"""Financial news monitoring (金融舆情监测): a stream of windows, injected surges, a CUSUM alarm, how to score it.
 
 - A stream is a list of windows (an hour of news each); a window lists the items that arrived in it, as indices into
   a pool whose topic and sentiment some classifier has predicted.
 - `plan_surges` and `make_stream` build a simulated stream with known ground truth: background items drawn from a
   pool, and in the surge windows extra negative items of one topic (a documented start and end).
-- `cusum` is the alarm: the negative share of a topic per window, standardised against a warm-up stretch, summed
-  one-sidedly (Page 1954); an alert when the sum crosses h, then the sum starts again from zero.
+- `cusum` is the alarm: the negative share (or count) of a topic per window, standardised against a warm-up stretch,
+  summed one-sidedly (Page 1954); an alert when the sum crosses h, then the sum starts again from zero.
 - `score_alerts` says which surges were caught, after how many windows, and how many alerts fell in quiet windows.
 - `python -m lib.monitor FILE.jsonl` runs the alarm over JSONL records `{"time", "text"}` (plus `"topic"` with
   `--lexicon`), classified by the model notebook 11 saved (or VADER), and prints the alerts.
@@ -35,7 +35,8 @@ class Surge:
     end: int
 
 
-def plan_surges(n_windows: int, n_surges: int, length: int, warmup: int, gap: int, topic: int, seed: int) -> list[Surge]:
+def plan_surges(n_windows: int, n_surges: int, length: int, warmup: int, gap: int, topic: int,
+                seed: int) -> list[Surge]:
     """n_surges non-overlapping surges of `length` windows after the warm-up, at least `gap` quiet windows apart."""
     free = n_windows - warmup - n_surges * (length + gap)
     if n_surges < 0 or length < 1 or free < 0:
@@ -150,14 +151,14 @@ CLASSIFIER_DIR = "11_financial_monitoring"  # under lib.models.models_root()
 
 @dataclass
 class NewsClassifier:
-    """Topic and sentiment heads over one model's pooled states (notebook 11's), with the alarm's k and h."""
+    """Topic and sentiment heads over one model's pooled states (notebook 11's), with the alarm's statistic, k and h."""
 
     model: str
     blocks: int
     topics: list[str]
     centre: Any  # torch tensor (d,): the training vectors' mean, removed before the heads (lib.intent.centre)
     heads: dict[str, Any]  # "topic" / "sentiment" -> {"weight": (n, d), "bias": (n,)} tensors
-    alarm: dict[str, float]
+    alarm: dict[str, Any]  # "kind" (share or count), "k", "h"
 
     def predict(self, texts: Sequence[str], lm=None, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
         """(topic index, sentiment index into lib.finance.FIN_LABELS) of each text."""
@@ -229,7 +230,7 @@ def window_of(times: Sequence[datetime], every: str) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Classify a JSONL stream, run the CUSUM alarm per topic on the negative share, print the alerts."""
+    """Classify a JSONL stream, run the CUSUM alarm per topic on the negative share or count, print the alerts."""
     ap = argparse.ArgumentParser(prog="python -m lib.monitor", description=main.__doc__)
     ap.add_argument("file", type=Path, help="JSONL, one {\"time\": ISO 8601, \"text\": ...} per line")
     ap.add_argument("--every", choices=("hour", "day"), default="hour", help="window length")
