@@ -12,9 +12,12 @@ splits by normalised prompt, so that no held-out prompt (or its reference reply)
 """
 from __future__ import annotations
 
+import copy
 import random
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,9 @@ Pair = dict[str, str]
 HELPFUL_KINDS = ("truncated", "off_topic", "shuffled")
 HARMLESS_KINDS = ("refuse_harmful", "answer_benign")
 SAMPLED_KIND = "sampled"
+REFUSALS = {"en": ["I can't help with that.", "I'm sorry, but I can't help with that request.",
+                   "I cannot assist with that."],
+            "zh": ["抱歉，我不能帮助你。", "对不起，我无法提供这方面的帮助。"]}  # the chosen replies to harmful prompts
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------
@@ -68,6 +74,193 @@ def kl_objective(probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Te
     """E_π[r] − β·KL(π ‖ π_ref) of a categorical policy π (last dim), the objective RLHF maximises."""
     kl = (probs * (torch.log(probs) - torch.log(ref_probs))).sum(-1)
     return (probs * rewards).sum(-1) - beta * kl
+
+
+# ---- a frozen bottom, computed once -------------------------------------------------------------------------------
+def decoder(model):
+    """The decoder stack (embeddings, `layers`, `norm`) of a Llama-style causal LM, through a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(getattr(base, "model", None), "layers"):
+        raise TypeError(f"{type(base).__name__}: expected a Llama-style causal LM (model.model.layers; rotary "
+                        "positions, so a block's input can be fed back in as inputs_embeds)")
+    return base.model
+
+
+@contextmanager
+def only_blocks(model, start: int, stop: int | None = None, final_norm: bool = True) -> Iterator[Any]:
+    """Run decoder blocks [start, stop) only; without `final_norm` the output is the raw residual stream."""
+    dec = decoder(model)
+    layers, norm = dec.layers, dec.norm
+    dec.layers = layers[start:stop]
+    if not final_norm:
+        dec.norm = torch.nn.Identity()
+    try:
+        yield dec
+    finally:
+        dec.layers, dec.norm = layers, norm
+
+
+@dataclass
+class Rows:
+    """Chat-rendered sequences (prompt + reply + end marker), where each reply starts, and the frozen bottom's states."""
+
+    ids: list[list[int]]
+    starts: list[int]
+    states: list[torch.Tensor]
+
+
+def chat_rows(tokenizer, prompts: Sequence[str], replies: Sequence[str], max_reply_tokens: int) -> tuple[list, list]:
+    """(token ids, reply start) of user prompt → assistant reply conversations rendered whole by the chat template
+    (as reward_scores renders them), each reply first cut to max_reply_tokens tokens."""
+    from lib.sft import ensure_chat_template, render_ids
+
+    ensure_chat_template(tokenizer)
+    ids, starts = [], []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        head = render_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        cut = tokenizer.decode(tokenizer(reply.strip(), add_special_tokens=False)["input_ids"][:max_reply_tokens])
+        row = render_ids(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": cut}])
+        if row[:len(head)] != head:
+            raise ValueError(f"the chat template renders the prompt {prompt[:60]!r} differently once a reply follows")
+        ids.append(row)
+        starts.append(len(head))
+    return ids, starts
+
+
+@torch.no_grad()
+def bottom_states(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], split_at: int,
+                  max_reply_tokens: int = 48, batch_size: int = 16) -> Rows:
+    """Rows with each one's residual stream after the first `split_at` blocks (frozen and shared: computed once)."""
+    ids, starts = chat_rows(tokenizer, prompts, replies, max_reply_tokens)
+    states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(model.parameters()).device
+    with only_blocks(model, 0, split_at, final_norm=False) as dec:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch, mask = pad_batch([ids[i] for i in idx], tokenizer.pad_token_id)
+            hidden = dec(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+            for k, i in enumerate(idx):
+                states[i] = hidden[k, :len(ids[i])].float().cpu()
+    return Rows(ids, starts, states)
+
+
+def top_pass(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log p of each row's reply tokens, final hidden state at each row's last token): blocks split_at..end,
+    the LM head only where a reply token is predicted. Gradients flow where the model has trainable weights."""
+    device = next(model.parameters()).device
+    width = max(len(rows.ids[i]) for i in idx)
+    x = torch.zeros(len(idx), width, rows.states[idx[0]].shape[-1], device=device)
+    mask = torch.zeros(len(idx), width, dtype=torch.long, device=device)
+    pos, target, owner = [], [], []
+    for k, i in enumerate(idx):
+        n = len(rows.ids[i])
+        x[k, :n], mask[k, :n] = rows.states[i], 1
+        pos += [(k, t) for t in range(rows.starts[i] - 1, n - 1)]  # position t predicts token t + 1
+        target += rows.ids[i][rows.starts[i]:]
+        owner += [k] * (n - rows.starts[i])
+    with only_blocks(model, split_at) as dec:
+        hidden = dec(inputs_embeds=x.to(next(model.parameters()).dtype), attention_mask=mask,
+                     use_cache=False).last_hidden_state
+    rows_t, cols_t = torch.tensor(pos, device=device).T
+    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
+    logp = head(hidden[rows_t, cols_t]).float().log_softmax(-1)
+    tok = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0]
+    sums = torch.zeros(len(idx), device=device).index_add(0, torch.tensor(owner, device=device), tok)
+    return sums, hidden[torch.arange(len(idx), device=device), mask.sum(1) - 1].float()
+
+
+@torch.no_grad()
+def reference_pass(model, rows: Rows, split_at: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_pass over all rows without gradients (the reference: the policy before training): (logps, features)."""
+    out = [top_pass(model, rows, list(range(s, min(s + batch_size, len(rows.ids)))), split_at)
+           for s in range(0, len(rows.ids), batch_size)]
+    return torch.cat([o[0] for o in out]).cpu(), torch.cat([o[1] for o in out]).cpu()
+
+
+@torch.no_grad()
+def token_kl(policy, rows: Rows, idx: Sequence[int], split_at: int) -> float:
+    """Mean KL(π ‖ π_ref) of the next-token distributions over the reply tokens of the rows (π_ref: the PEFT
+    policy with its adapters switched off)."""
+    def dists(model) -> torch.Tensor:
+        logps = []
+        for k in idx:  # one row at a time: the reply's positions only
+            with only_blocks(model, split_at) as dec:
+                h = dec(inputs_embeds=rows.states[k][None], use_cache=False).last_hidden_state[0]
+            head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
+            logps.append(head(h[rows.starts[k] - 1:len(rows.ids[k]) - 1]).float().log_softmax(-1))
+        return torch.cat(logps)
+
+    pol = dists(policy)
+    with policy.disable_adapter():
+        ref = dists(policy)
+    return (pol.exp() * (pol - ref)).sum(-1).mean().item()
+
+
+def train_dpo(policy, rows: Rows, ref_logps: torch.Tensor, pairs: Sequence[tuple[int, int]], split_at: int, beta: float,
+              steps: int, lr: float, batch_size: int, seed: int, nll_weight: float = 0.0,
+              every: int = 0, on_eval: Callable[[int], Mapping[str, float]] | None = None) -> list[dict[str, float]]:
+    """DPO on (chosen row, rejected row) index pairs, AdamW on the trainable weights, seeded shuffled batches, plus
+    nll_weight × the chosen replies' mean token NLL (RPO; TRL's rpo_alpha); one history row per step (loss, margin,
+    accuracy), plus on_eval(step)'s numbers every `every` steps."""
+    from tqdm.auto import tqdm
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt, rng, history, order = torch.optim.AdamW(params, lr=lr, weight_decay=0.0), random.Random(seed), [], []
+    policy.train()
+    for step in tqdm(range(1, steps + 1), desc=f"DPO β={beta}", leave=False):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pairs)), len(pairs))
+        batch, order = [pairs[j] for j in order[:batch_size]], order[batch_size:]
+        chosen, rejected = [c for c, _ in batch], [r for _, r in batch]
+        logps, _ = top_pass(policy, rows, chosen + rejected, split_at)
+        loss, r_c, r_r = dpo_loss(*logps.chunk(2), ref_logps[chosen].to(logps.device),
+                                  ref_logps[rejected].to(logps.device), beta)
+        if nll_weight:
+            n_tok = sum(len(rows.ids[i]) - rows.starts[i] for i in chosen)
+            loss = loss - nll_weight * logps[:len(chosen)].sum() / n_tok
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        row = {"step": step, "loss": loss.item(), "margin": (r_c - r_r).mean().item(),
+               "accuracy": (r_c > r_r).float().mean().item()}
+        if on_eval is not None and every and (step % every == 0 or step == steps):
+            policy.eval()
+            row.update(on_eval(step))
+            policy.train()
+        history.append(row)
+    policy.eval()
+    return history
+
+
+def fit_reward_head(chosen: torch.Tensor, rejected: torch.Tensor, l2: float, steps: int = 200) -> torch.Tensor:
+    """(d,) weights w of a linear reward r = w·h on frozen features: Bradley–Terry loss + l2·|w|², by L-BFGS."""
+    diff = (chosen - rejected).double()
+    w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = bradley_terry_loss(diff @ w, torch.zeros(len(diff), dtype=torch.float64)) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().float()
+
+
+def reward_model_from(lm, weight: torch.Tensor):
+    """An AutoModelForSequenceClassification (one label) sharing the causal LM's body, its score head set to weight."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    rm = AutoModelForSequenceClassification.from_config(config)
+    rm.model.load_state_dict(decoder(lm).state_dict())
+    rm.config.pad_token_id = lm.config.pad_token_id if lm.config.pad_token_id is not None else lm.config.eos_token_id
+    with torch.no_grad():
+        rm.score.weight.copy_(weight[None].to(rm.score.weight.dtype))
+    return rm.eval()
 
 
 # ---- reward model ------------------------------------------------------------------------------------------------
@@ -148,14 +341,16 @@ def preference_pairs(helpful: Mapping[str, Sequence[tuple[str, str]]], harmful: 
     helpful: source name -> (prompt, reference reply); each prompt gets one degraded reply, the kinds of
     HELPFUL_KINDS taken in turn from a seeded order (a kind that leaves the reply unchanged gives way to the next).
     samples: prompt -> the SFT model's reply; adds a "sampled" pair (reference ≻ sample) where the two differ.
-    harmful: prompts whose chosen reply is a refusal (from `refusals`), the rejected one a compliance-style
-    placeholder (from `compliance`, no harmful content). benign: (risky-looking prompt, helpful answer) pairs whose
+    harmful: prompts whose chosen reply is a refusal (from `refusals`), the rejected one the SFT model's own reply
+    from `samples` (on-policy: what DPO must move away from) or else a compliance-style placeholder (`compliance`). benign: (risky-looking prompt, helpful answer) pairs whose
     answer is preferred over a refusal. Only these prompts are used: pass the safety set's training split only.
     Each prompt is used once (the first occurrence of its normalised text: harmful, benign, then helpful sources).
     """
-    for name, values in (("refusals", refusals), ("compliance", compliance)):
-        if (harmful or benign) and not values:
-            raise ValueError(f"{name}: expected at least one reply to use in the harmlessness pairs")
+    samples = samples or {}
+    if (harmful or benign) and not refusals:
+        raise ValueError("refusals: expected at least one reply to use in the harmlessness pairs")
+    if not compliance and any(p not in samples for p in harmful):
+        raise ValueError("compliance: expected at least one reply for the harmful prompts without a sample")
     rng, pairs = random.Random(seed), []
     seen: set[str] = set()
 
@@ -168,7 +363,7 @@ def preference_pairs(helpful: Mapping[str, Sequence[tuple[str, str]]], harmful: 
 
     for p in harmful:
         if first(p):
-            pairs.append({"prompt": p, "chosen": rng.choice(refusals), "rejected": rng.choice(compliance),
+            pairs.append({"prompt": p, "chosen": rng.choice(refusals), "rejected": samples.get(p) or rng.choice(compliance),
                           "kind": "refuse_harmful", "source": safety_source})
     for p, answer in benign:
         if answer.strip() and first(p):
@@ -186,7 +381,7 @@ def preference_pairs(helpful: Mapping[str, Sequence[tuple[str, str]]], harmful: 
             if normalise(worse) != norms[i]:
                 pairs.append({"prompt": prompt, "chosen": reply, "rejected": worse, "kind": kind, "source": src})
                 break
-        sample = (samples or {}).get(prompt)
+        sample = samples.get(prompt)
         if sample is not None and normalise(sample) != norms[i]:
             pairs.append({"prompt": prompt, "chosen": reply, "rejected": sample, "kind": SAMPLED_KIND, "source": src})
     return pairs

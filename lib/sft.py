@@ -197,6 +197,29 @@ def chat_reply(model, tokenizer, messages: Sequence[Message], max_new_tokens: in
     return chat_turn(model, tokenizer, messages, max_new_tokens, prefix)[0]
 
 
+@torch.no_grad()
+def chat_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, sample: bool = False,
+                 temperature: float = 0.7, seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Replies to single-turn prompts, generated in left-padded batches of similar length (greedy, or sampled)."""
+    ensure_chat_template(tokenizer)
+    seqs = [render_ids(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
+    order, out = sorted(range(len(seqs)), key=lambda i: len(seqs[i])), [""] * len(seqs)
+    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
+    torch.manual_seed(seed)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
+        new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
+                             temperature=temperature if sample else None, top_p=None, top_k=None,
+                             pad_token_id=pad, eos_token_id=sorted(end_ids(tokenizer)))[:, width:]
+        for i, row in zip(idx, new.tolist()):
+            out[i] = tokenizer.decode(row, skip_special_tokens=True).split(END_TEXT)[0].strip()
+    return out
+
+
 def reply_nll(model, examples: Sequence[Mapping[str, Sequence[int]]], pad_id: int,
               batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed NLL, number of labelled targets) per example: the loss on the assistant tokens only, eval mode."""
