@@ -102,7 +102,7 @@ def only_blocks(model, start: int, stop: int | None = None, final_norm: bool = T
 
 @dataclass
 class Rows:
-    """Chat-rendered sequences (prompt + reply + end marker), where each reply starts, and the frozen bottom's states."""
+    """Chat-rendered sequences (prompt, reply, end marker), where each reply starts, and the frozen bottom's states."""
 
     ids: list[list[int]]
     starts: list[int]
@@ -342,14 +342,15 @@ def preference_pairs(helpful: Mapping[str, Sequence[tuple[str, str]]], harmful: 
     HELPFUL_KINDS taken in turn from a seeded order (a kind that leaves the reply unchanged gives way to the next).
     samples: prompt -> the SFT model's reply; adds a "sampled" pair (reference ≻ sample) where the two differ.
     harmful: prompts whose chosen reply is a refusal (from `refusals`), the rejected one the SFT model's own reply
-    from `samples` (on-policy: what DPO must move away from) or else a compliance-style placeholder (`compliance`). benign: (risky-looking prompt, helpful answer) pairs whose
-    answer is preferred over a refusal. Only these prompts are used: pass the safety set's training split only.
+    from `samples` (on-policy: what DPO must move away from) or else a compliance-style placeholder (`compliance`).
+    benign: (risky-looking prompt, helpful answer) pairs whose answer is preferred over a refusal. Only these
+    prompts are used: pass the safety set's training split only.
     Each prompt is used once (the first occurrence of its normalised text: harmful, benign, then helpful sources).
     """
     samples = samples or {}
     if (harmful or benign) and not refusals:
         raise ValueError("refusals: expected at least one reply to use in the harmlessness pairs")
-    if not compliance and any(p not in samples for p in harmful):
+    if not compliance and any(not samples.get(p) for p in harmful):
         raise ValueError("compliance: expected at least one reply for the harmful prompts without a sample")
     rng, pairs = random.Random(seed), []
     seen: set[str] = set()
@@ -363,7 +364,8 @@ def preference_pairs(helpful: Mapping[str, Sequence[tuple[str, str]]], harmful: 
 
     for p in harmful:
         if first(p):
-            pairs.append({"prompt": p, "chosen": rng.choice(refusals), "rejected": samples.get(p) or rng.choice(compliance),
+            refusal = rng.choice(refusals)  # drawn first: the seeded sequence does not depend on `samples`
+            pairs.append({"prompt": p, "chosen": refusal, "rejected": samples.get(p) or rng.choice(compliance),
                           "kind": "refuse_harmful", "source": safety_source})
     for p, answer in benign:
         if answer.strip() and first(p):
