@@ -61,10 +61,10 @@ def make_stream(n_background: int, n_injected: int, n_windows: int, per_window: 
 STATISTICS = ("share", "count")
 
 
-def negative_share(windows: Sequence[Sequence[tuple[str, int]]], topic: dict[str, np.ndarray],
-                   negative: dict[str, np.ndarray], which: int, kind: str = "share") -> np.ndarray:
-    """Per window, of the items predicted as topic `which`: the share predicted negative (nan if none), or with
-    kind="count" their number."""
+def negative_series(windows: Sequence[Sequence[tuple[str, int]]], topic: dict[str, np.ndarray],
+                    negative: dict[str, np.ndarray], which: int, kind: str = "share") -> np.ndarray:
+    """The alarm's input, one value per window, over the items predicted as topic `which`: the share of them
+    predicted negative (nan if none) with kind="share", or their number with kind="count"."""
     if kind not in STATISTICS:
         raise ValueError(f"kind={kind!r}: expected one of {', '.join(STATISTICS)}")
     out = np.full(len(windows), np.nan)
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"too few windows for a warm-up of {args.warmup}: no alerts possible")
         return 0
     for t, name in enumerate(names):
-        alerts, stat = cusum(negative_share(windows, {"x": topics}, neg, t, kind), args.warmup, k, h)
+        alerts, stat = cusum(negative_series(windows, {"x": topics}, neg, t, kind), args.warmup, k, h)
         for first, last in episodes(alerts):
             when = f"window {first}" if first == last else f"windows {first}-{last}"
             print(f"ALERT {name}: {when} (CUSUM {stat[first]:.1f} > {h}), negative news surging")

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from lib.monitor import (Surge, cusum, episodes, main, make_stream, negative_share, pick_alarm, plan_surges, pool_scores,
-                         read_records, score_alerts)
+from lib.monitor import (Surge, cusum, episodes, main, make_stream, negative_series, pick_alarm, plan_surges,
+                         pool_scores, read_records, score_alerts)
 from lib.data import DataFormatError
 
 
@@ -25,15 +25,15 @@ def test_stream_injects_only_in_surge_windows():
     assert all(sum(src == "bg" for src, _ in w) == 6 for w in windows)
 
 
-def test_negative_share_counts_only_the_topic():
+def test_negative_series_counts_only_the_topic():
     windows = [[("bg", 0), ("bg", 1), ("bg", 2)], [("bg", 3)], [("inj", 0), ("bg", 1)]]
     topic = {"bg": np.array([1, 1, 0, 0]), "inj": np.array([1])}
     neg = {"bg": np.array([True, False, True, True]), "inj": np.array([True])}
-    share = negative_share(windows, topic, neg, which=1)
+    share = negative_series(windows, topic, neg, which=1)
     assert share[0] == 0.5 and np.isnan(share[1]) and share[2] == 0.5
-    assert negative_share(windows, topic, neg, which=1, kind="count").tolist() == [1.0, 0.0, 1.0]
+    assert negative_series(windows, topic, neg, which=1, kind="count").tolist() == [1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="expected one of share, count"):
-        negative_share(windows, topic, neg, which=1, kind="mean")
+        negative_series(windows, topic, neg, which=1, kind="mean")
 
 
 def test_cusum_raises_one_alert_within_the_delay_and_none_on_a_flat_stream():
