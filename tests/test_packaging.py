@@ -24,3 +24,14 @@ def test_every_notebook_has_a_parameters_cell_first():
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell is not 'parameters'"
         assert "profile = None" in code[0].source, path.name
+
+
+def test_no_committed_notebook_pins_a_profile():
+    """A published notebook must not keep papermill's injected-parameters cell (`profile = "cpu"`): nbval would then
+    run it in the cpu profile instead of $WORKBOOK_PROFILE (smoke). lib.run's --publish strips it."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert not injected, f"{path.name}: has papermill's injected-parameters cell; copy notebooks/, not reports/"
