@@ -77,9 +77,14 @@ def kl_objective(probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Te
 
 
 # ---- a frozen bottom, computed once -------------------------------------------------------------------------------
+def unwrap(model):
+    """The causal LM itself: a PEFT wrapper's base model, else the model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder(model):
     """The decoder stack (embeddings, `layers`, `norm`) of a Llama-style causal LM, through a PEFT wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     if not hasattr(getattr(base, "model", None), "layers"):
         raise TypeError(f"{type(base).__name__}: expected a Llama-style causal LM (model.model.layers; rotary "
                         "positions, so a block's input can be fed back in as inputs_embeds)")
@@ -163,8 +168,7 @@ def top_pass(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torc
         hidden = dec(inputs_embeds=x.to(next(model.parameters()).dtype), attention_mask=mask,
                      use_cache=False).last_hidden_state
     rows_t, cols_t = torch.tensor(pos, device=device).T
-    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
-    logp = head(hidden[rows_t, cols_t]).float().log_softmax(-1)
+    logp = unwrap(model).lm_head(hidden[rows_t, cols_t]).float().log_softmax(-1)
     tok = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0]
     sums = torch.zeros(len(idx), device=device).index_add(0, torch.tensor(owner, device=device), tok)
     return sums, hidden[torch.arange(len(idx), device=device), mask.sum(1) - 1].float()
@@ -183,11 +187,10 @@ def token_kl(policy, rows: Rows, idx: Sequence[int], split_at: int) -> float:
     """Mean KL(π ‖ π_ref) of the next-token distributions over the reply tokens of the rows (π_ref: the PEFT
     policy with its adapters switched off)."""
     def dists(model) -> torch.Tensor:
-        logps = []
+        logps, head = [], unwrap(model).lm_head
         for k in idx:  # one row at a time: the reply's positions only
             with only_blocks(model, split_at) as dec:
                 h = dec(inputs_embeds=rows.states[k][None], use_cache=False).last_hidden_state[0]
-            head = (model.get_base_model() if hasattr(model, "get_base_model") else model).lm_head
             logps.append(head(h[rows.starts[k] - 1:len(rows.ids[k]) - 1]).float().log_softmax(-1))
         return torch.cat(logps)
 
