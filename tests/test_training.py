@@ -59,6 +59,7 @@ def test_loss_falls_and_history_and_tensorboard(corpus, tmp_path):
 
 def _wandb_history(run_dir: Path) -> list[dict]:
     """The history rows of an offline W&B run, read from its .wandb file (a LevelDB-style log of protobuf records)."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = next(run_dir.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
@@ -69,9 +70,14 @@ def _wandb_history(run_dir: Path) -> list[dict]:
             pos += 32768 - pos % 32768
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # the writer is still flushing this record: read it on the next poll
+            break
         chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
-            record = pb.Record.FromString(chunks)
+            try:
+                record = pb.Record.FromString(chunks)
+            except DecodeError:  # a header flushed before its bytes: the tail is not written yet
+                break
             if record.WhichOneof("record_type") == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
             chunks = b""
