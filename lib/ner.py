@@ -470,3 +470,114 @@ def paired_f1_tests(counts_a: np.ndarray, counts_b: np.ndarray, types: Sequence[
     f1_at = lambda counts, c: lambda i: f1_of(summed(counts, i)[c])  # noqa: E731
     return {t: paired_bootstrap(f1_at(counts_a, c), f1_at(counts_b, c), len(counts_a), n_boot, seed)
             for t, c in cols.items()}
+
+
+# ---------------------------------------------------------------- two cores: a frozen bottom computed once
+
+def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pad_id: int = 0,
+                 batch_size: int = 32) -> list[torch.Tensor]:
+    """Each example's residual stream after the first `split_at` blocks of a Llama-style model (causal, frozen).
+
+    One example per sentence (none cut into chunks), so that a state is found by its example's `sentence`.
+    """
+    from tqdm.auto import tqdm
+
+    from lib.preference import only_blocks
+    from lib.training import collate
+
+    cut = next((i for i, e in enumerate(examples) if e["sentence"] != i), None)
+    if cut is not None:
+        raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
+    out: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    device, causal = next(model.parameters()).device, getattr(model.config, "is_causal", True)
+    model.config.is_causal = True  # the bottom stays the pretrained, left-to-right one
+    try:
+        with torch.no_grad(), only_blocks(model, 0, split_at, final_norm=False) as dec:
+            for start in tqdm(range(0, len(order), batch_size), desc=f"blocks 0-{split_at - 1}", leave=False):
+                idx = order[start:start + batch_size]
+                batch = collate([{"input_ids": examples[i]["input_ids"]} for i in idx], pad_id)
+                hidden = dec(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             use_cache=False).last_hidden_state
+                for k, i in enumerate(idx):
+                    out[i] = hidden[k, :len(examples[i]["input_ids"])].float().cpu()
+    finally:
+        model.config.is_causal = causal
+    return out
+
+
+def collate_states(examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Right-padded cached states (inputs_embeds, found by each example's `sentence`), attention_mask and labels."""
+    from lib.training import collate
+
+    batch = collate([{"input_ids": e["input_ids"], **({"labels": e["labels"]} if "labels" in e else {})}
+                     for e in examples])
+    x = torch.zeros(*batch["input_ids"].shape, states[examples[0]["sentence"]].shape[-1])
+    for k, e in enumerate(examples):
+        x[k, :len(e["input_ids"])] = states[e["sentence"]]
+    return {"inputs_embeds": x, "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
+
+
+class TopTagger(torch.nn.Module):
+    """A Llama-style token classifier run from block `split_at` on, over cached states; only that top trains."""
+
+    def __init__(self, model, split_at: int):
+        from lib.preference import decoder
+
+        super().__init__()
+        self.model, self.split_at = model, split_at
+        top = [*decoder(model).layers[split_at:].parameters(), *decoder(model).norm.parameters(),
+               *model.score.parameters()]
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in top:
+            p.requires_grad = True
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        """Logits (and the loss over labelled pieces) from the cached states."""
+        from transformers.modeling_outputs import TokenClassifierOutput
+
+        from lib.preference import only_blocks
+
+        with only_blocks(self.model, self.split_at) as dec:
+            hidden = dec(inputs_embeds=inputs_embeds.to(self.model.dtype), attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state
+        logits = self.model.score(hidden)
+        loss = None if labels is None else torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+
+def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor], *,
+                     epochs: float, batch_size: int, lr: float, seed: int = 0, bidirectional: bool = False,
+                     progress: bool = True):
+    """(TopTagger, history): blocks split_at.. and the head trained on cached states with the shared core."""
+    from lib.models import set_causal
+    from lib.training import TrainConfig, train
+
+    set_causal(model, not bidirectional)
+    tagger = TopTagger(model, split_at)
+    steps = math.ceil(epochs * len(examples) / batch_size)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10, seed=seed,
+                      shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress,
+                      mixed_precision="no")
+    return tagger, train(tagger, examples, None, cfg, collate=partial(collate_states, states=states))
+
+
+@torch.no_grad()
+def top_word_scores(tagger: TopTagger, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor],
+                    n_words: Sequence[int], at: str = "first", batch_size: int = 64) -> list[np.ndarray]:
+    """Tag log-probabilities of every word (one (words, tags) array per sentence) from cached states; eval mode."""
+    was_training = tagger.training
+    tagger.eval()
+    out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate_states([examples[i] for i in idx], states)
+        rows = tagger(batch["inputs_embeds"], batch["attention_mask"]).logits.float().log_softmax(-1).numpy()
+        for k, i in enumerate(idx):
+            e = examples[i]
+            out[i] = rows[k, word_positions(e["word_ids"], at, n_words[e["sentence"]])]
+    tagger.train(was_training)
+    return out

@@ -257,3 +257,81 @@ def test_bf16_training_with_the_gpu_batch_size(tmp_path, monkeypatch, byte_bpe, 
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
     pred = predict(model, examples, [len(s) for s in sents * copies], at=read_at(strategy))
     assert next(model.parameters()).dtype == torch.float32 and len(pred) == len(examples)
+
+
+# ---------------------------------------------------------------- two cores: frozen bottom cached, top trained
+
+def tiny_tagger(tmp_path, byte_bpe, layers: int = 3):
+    """A fresh 3-block tiny Llama token classifier over the byte BPE, eval mode."""
+    from lib.models import load_token_classifier
+
+    cfg = tiny_config("llama", len(byte_bpe))
+    cfg.num_hidden_layers = layers
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny3")
+    torch.manual_seed(1)
+    return load_token_classifier(str(tmp_path / "tiny3"), NAMES).eval()
+
+
+def sentence_examples(byte_bpe, strategy: str = "first"):
+    sents, tags = [w for w, _ in SENTENCES], [[NAMES.index(t) for t in ts] for _, ts in SENTENCES]
+    return encode(byte_bpe, sents, tags, NAMES, strategy, max_length=64), [len(s) for s in sents]
+
+
+@pytest.mark.parametrize("split_at", [0, 1, 3])
+def test_top_tagger_on_cached_states_equals_the_whole_model(tmp_path, byte_bpe, split_at):
+    from lib.ner import TopTagger, bottom_cache, top_word_scores
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    examples, n_words = sentence_examples(byte_bpe, "last")
+    states = bottom_cache(model, examples, split_at, batch_size=4)
+    assert [s.shape[0] for s in states] == [len(e["input_ids"]) for e in examples]
+    ours = top_word_scores(TopTagger(model, split_at), examples, states, n_words, at="last", batch_size=4)
+    whole = word_scores(model, examples, n_words, batch_size=4, at="last")
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(ours, whole))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("score", "model.norm")) or int(n.split(".")[2]) >= split_at
+                             for n in trainable)
+
+
+def test_bidirectional_top_over_a_causal_bottom(tmp_path, byte_bpe):
+    from lib.models import set_causal
+    from lib.ner import TopTagger, bottom_cache, top_word_scores
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    examples, n_words = sentence_examples(byte_bpe)
+    states = bottom_cache(set_causal(model, False), examples, 0, batch_size=4)  # split 0: the bottom is embeddings
+    assert model.config.is_causal is False  # the cache left the switch as it found it
+    ours = top_word_scores(TopTagger(model, 0), examples, states, n_words, batch_size=4)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(ours, word_scores(model, examples, n_words, batch_size=4)))
+    causal = word_scores(set_causal(model, True), examples, n_words, batch_size=4)
+    assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(ours, causal))
+
+
+def test_train_top_tagger_learns_and_leaves_the_bottom_alone(tmp_path, byte_bpe):
+    from lib.ner import bottom_cache, top_word_scores, train_top_tagger
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    examples, n_words = sentence_examples(byte_bpe)
+    bottom = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers.0." in n or "embed" in n}
+    states = bottom_cache(model, examples, 1)
+    tagger, hist = train_top_tagger(model, 1, examples * 40, states, epochs=4, batch_size=4, lr=1e-2,
+                                    bidirectional=True, progress=False)
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+    assert all(torch.equal(p, bottom[n]) for n, p in model.named_parameters() if n in bottom)
+    pred = decode(top_word_scores(tagger, examples, states, n_words), NAMES, "argmax")
+    gold = [[NAMES.index(t) for t in ts] for _, ts in SENTENCES]
+    assert np.mean([p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs)]) > 0.9
+
+
+def test_bottom_cache_refuses_chunked_sentences(tmp_path, byte_bpe):
+    from lib.ner import bottom_cache
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    sents, tags = [w for w, _ in SENTENCES], [[NAMES.index(t) for t in ts] for _, ts in SENTENCES]
+    chunked = encode(byte_bpe, sents, tags, NAMES, max_length=40)
+    assert len(chunked) > len(sents)
+    with pytest.raises(ValueError, match="cut into chunks"):
+        bottom_cache(model, chunked, 1)
