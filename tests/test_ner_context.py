@@ -331,7 +331,7 @@ def test_bottom_cache_refuses_chunked_sentences(tmp_path, byte_bpe):
 
     model = tiny_tagger(tmp_path, byte_bpe)
     sents, tags = [w for w, _ in SENTENCES], [[NAMES.index(t) for t in ts] for _, ts in SENTENCES]
-    chunked = encode(byte_bpe, sents, tags, NAMES, max_length=40)
+    chunked = encode(byte_bpe, sents, tags, NAMES, max_length=16)
     assert len(chunked) > len(sents)
     with pytest.raises(ValueError, match="cut into chunks"):
         bottom_cache(model, chunked, 1)
