@@ -151,6 +151,16 @@ def encode(tokenizer, sentences: Sequence[Sequence[str]], tags: Sequence[Sequenc
     return out
 
 
+def relabel(examples: Sequence[Mapping[str, Any]], tags: Sequence[Sequence[int]], names: Sequence[str],
+            strategy: str) -> list[dict[str, Any]]:
+    """Examples encoded with 'lookahead' (an end piece appended), labelled for `strategy`; the end piece is unlabelled
+    unless strategy is 'lookahead'. One input for every strategy, so one cache of states serves them all."""
+    if strategy == "lookahead":
+        return [{**e, "labels": align_labels(e["word_ids"], tags[e["sentence"]], names, strategy)} for e in examples]
+    return [{**e, "labels": align_labels(e["word_ids"][:-1], tags[e["sentence"]], names, strategy) + [IGNORE_INDEX]}
+            for e in examples]
+
+
 def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mapping[str, Any]], *, epochs: float,
                  batch_size: int, lr: float, seed: int = 0, pad_id: int = 0, device: str = "cpu",
                  progress: bool = True, bidirectional: bool = False, mixed_precision: str = "auto"):

@@ -350,3 +350,14 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
             acc.end_training()
         acc.unwrap_model(model, keep_fp32_wrapper=False).train(was_training)  # drops the autocast wrapper
     return history
+
+
+def matmul_peak(n: int = 1024, reps: int = 20, device: str = "cpu") -> float:
+    """This machine's measured float32 matmul rate in FLOP/s: the denominator of model FLOPs utilisation (MFU)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(reps):
+        c = a @ b
+    float(c[0, 0])  # waits for an asynchronous device
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)

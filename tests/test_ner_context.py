@@ -335,3 +335,17 @@ def test_bottom_cache_refuses_chunked_sentences(tmp_path, byte_bpe):
     assert len(chunked) > len(sents)
     with pytest.raises(ValueError, match="cut into chunks"):
         bottom_cache(model, chunked, 1)
+
+
+@pytest.mark.parametrize("strategy", ["first", "all", "last", "lookahead"])
+def test_relabel_gives_each_strategy_its_labels_on_the_lookahead_input(byte_bpe, strategy):
+    from lib.ner import relabel
+
+    sents, tags = [w for w, _ in SENTENCES], [[NAMES.index(t) for t in ts] for _, ts in SENTENCES]
+    ahead = encode(byte_bpe, sents, tags, NAMES, "lookahead", max_length=64)
+    own = encode(byte_bpe, sents, tags, NAMES, strategy, max_length=64)
+    for a, o in zip(relabel(ahead, tags, NAMES, strategy), own):
+        n = len(o["input_ids"])
+        assert a["input_ids"][:n] == o["input_ids"] and a["labels"][:n] == o["labels"]
+        assert a["labels"][n:] == ([] if strategy == "lookahead" else [IGNORE_INDEX])
+    assert all("labels" in e for e in ahead)  # the input examples are not changed
