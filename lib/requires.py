@@ -57,10 +57,10 @@ def _dialogues(*names: str) -> dict[str, tuple[list[str], str | None]]:
 
 
 def _models_of(cfg: Mapping[str, Any]) -> set[str]:
-    """The model folders a run loads through its `model` and `compare_models` knobs."""
+    """The model folders a run loads through its `model`, `ner_small_model` and `compare_models` knobs."""
     from lib.models import MINI_GPT
 
-    return {MINI_GPT} & {cfg.get("model"), *(cfg.get("compare_models") or [])}
+    return {MINI_GPT} & {cfg.get("model"), cfg.get("ner_small_model"), *(cfg.get("compare_models") or [])}
 
 
 GPT2_TOKENIZER = {"GPT-2 tokenizer": (["gpt2-tokenizer/tokenizer.json"], "openai-community/gpt2")}

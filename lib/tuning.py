@@ -68,12 +68,14 @@ def soft_prompt(model, n_tokens: int, init: str = "text", tokenizer=None, init_t
 
 
 def lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None,
-         seed: int = 0):
-    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections); A drawn with seed."""
+         seed: int = 0, task_type: str = "CAUSAL_LM"):
+    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections); A drawn with seed.
+
+    task_type: peft's, e.g. "TOKEN_CLS" for a token classifier (its new head then trains in full)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
+    return get_peft_model(model, LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=list(target_modules) if target_modules else None))
 
 
