@@ -350,16 +350,20 @@ train(whole, data, None, cfg)
 train(resumed, data, None, cfg, resume_from=os.path.join(out, "step-000002"))  # a second train() in this process
 with open(os.path.join(out, f"rank{os.environ.get('RANK', 0)}.json"), "w") as f:
     json.dump({"whole": whole.dropped, "resumed": resumed.dropped}, f)
+if torch.distributed.is_initialized():  # leave together: a rank that exits while the other still talks to it aborts
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 '''
 
 
 def test_each_ddp_process_drops_its_own_units_and_resumes_them(tmp_path):
     script = tmp_path / "dropout.py"
     script.write_text(DROPOUT_SCRIPT)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
            "PYTHONPATH": os.pathsep.join([str(Path(training.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), str(tmp_path)], env=env, check=True, capture_output=True, timeout=240)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"torchrun exit {done.returncode}\n{done.stderr[-4000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(len(r["whole"]) == 4 and 0 < sum(map(sum, r["whole"])) < 4 * 64 for r in ranks)
     assert all(a != b for a, b in zip(ranks[0]["whole"], ranks[1]["whole"]))  # not in lockstep: one seed per rank
