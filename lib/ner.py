@@ -155,10 +155,9 @@ def relabel(examples: Sequence[Mapping[str, Any]], tags: Sequence[Sequence[int]]
             strategy: str) -> list[dict[str, Any]]:
     """Examples encoded with 'lookahead' (an end piece appended), labelled for `strategy`; the end piece is unlabelled
     unless strategy is 'lookahead'. One input for every strategy, so one cache of states serves them all."""
-    if strategy == "lookahead":
-        return [{**e, "labels": align_labels(e["word_ids"], tags[e["sentence"]], names, strategy)} for e in examples]
-    return [{**e, "labels": align_labels(e["word_ids"][:-1], tags[e["sentence"]], names, strategy) + [IGNORE_INDEX]}
-            for e in examples]
+    ahead = strategy == "lookahead"  # else the end piece is no word of the strategy's: labels stop before it
+    return [{**e, "labels": align_labels(e["word_ids"] if ahead else e["word_ids"][:-1], tags[e["sentence"]], names,
+                                         strategy) + ([] if ahead else [IGNORE_INDEX])} for e in examples]
 
 
 def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mapping[str, Any]], *, epochs: float,
