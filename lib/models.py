@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,17 @@ def set_causal(model, causal: bool):
     """
     model.config.is_causal = bool(causal)
     return model
+
+
+@contextmanager
+def causal_mask(model, causal: bool):
+    """set_causal for the duration of a `with` block; the switch is restored as found, also on an error."""
+    before = getattr(model.config, "is_causal", True)
+    set_causal(model, causal)
+    try:
+        yield model
+    finally:
+        model.config.is_causal = before
 
 
 def context_length(model) -> int | None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from functools import partial
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -178,30 +179,50 @@ def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mappi
     return model, train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
 
 
-@torch.no_grad()
-def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
-                batch_size: int = 64, at: str = "first", log_probs: bool = True) -> list[np.ndarray]:
-    """Tag log-probabilities (or logits) of every word, one float32 (words, tags) array per sentence (eval mode)."""
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for a `with` block; the training flag is restored as found."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _piece_rows(examples: Sequence[Mapping[str, Any]], forward, batch_size: int,
+                desc: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(example index, its pieces' tag log-probabilities): `forward(batch of examples) -> logits` in length-sorted
+    batches (less padding)."""
     from tqdm.auto import tqdm
 
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
+        idx = order[start:start + batch_size]
+        rows = forward([examples[i] for i in idx]).float().log_softmax(-1).cpu().numpy()
+        for k, i in enumerate(idx):
+            yield i, rows[k, :len(examples[i]["input_ids"])]
+
+
+def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
+                batch_size: int = 64, at: str = "first") -> list[np.ndarray]:
+    """Tag log-probabilities of every word, one float32 (words, tags) array per sentence (eval mode); a sentence cut
+    into chunks is put back together."""
     from lib.training import collate
 
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+
+    def forward(chunk):
+        batch = collate([{"input_ids": e["input_ids"]} for e in chunk], pad_id)
+        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+
     pieces: list[list[tuple[int, np.ndarray, list[int]]]] = [[] for _ in n_words]
     n_tags = 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
-    for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        batch = collate([{"input_ids": e["input_ids"]} for e in chunk], pad_id)
-        mask = batch["attention_mask"].to(device)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask).logits.float()
-        rows = (logits.log_softmax(-1) if log_probs else logits).cpu().numpy()
-        n_tags = rows.shape[-1]
-        for e, row in zip(chunk, rows):
-            pieces[e["sentence"]].append((e["word_ids"][0], row[:len(e["input_ids"])], e["word_ids"]))
-    model.train(was_training)
+    with _evaluating(model):
+        for i, rows in _piece_rows(examples, forward, batch_size, desc="predict"):
+            e, n_tags = examples[i], rows.shape[-1]
+            pieces[e["sentence"]].append((e["word_ids"][0], rows, e["word_ids"]))
     out = []
     for s, parts in enumerate(pieces):
         parts.sort(key=lambda p: p[0])  # chunks of one sentence back in order
@@ -213,8 +234,8 @@ def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[
 
 def predict(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[int], pad_id: int = 0,
             batch_size: int = 64, at: str = "first") -> list[list[int]]:
-    """Predicted tag id of every word, one list per sentence (argmax of the logits at each word's `at` piece)."""
-    return [row.argmax(-1).tolist() for row in word_scores(model, examples, n_words, pad_id, batch_size, at, False)]
+    """Predicted tag id of every word, one list per sentence (the most probable tag at each word's `at` piece)."""
+    return [row.argmax(-1).tolist() for row in word_scores(model, examples, n_words, pad_id, batch_size, at)]
 
 
 # ---------------------------------------------------------------- decoding: argmax or IOB2-constrained Viterbi
@@ -489,30 +510,13 @@ def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pa
 
     One example per sentence (none cut into chunks), so that a state is found by its example's `sentence`.
     """
-    from tqdm.auto import tqdm
-
-    from lib.preference import only_blocks
-    from lib.training import collate
+    from lib.preference import block_states
 
     cut = next((i for i, e in enumerate(examples) if e["sentence"] != i), None)
     if cut is not None:
         raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
-    out: list[torch.Tensor] = [torch.empty(0)] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    device, causal = next(model.parameters()).device, getattr(model.config, "is_causal", True)
-    model.config.is_causal = True  # the bottom stays the pretrained, left-to-right one
-    try:
-        with torch.no_grad(), only_blocks(model, 0, split_at, final_norm=False) as dec:
-            for start in tqdm(range(0, len(order), batch_size), desc=f"blocks 0-{split_at - 1}", leave=False):
-                idx = order[start:start + batch_size]
-                batch = collate([{"input_ids": examples[i]["input_ids"]} for i in idx], pad_id)
-                hidden = dec(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             use_cache=False).last_hidden_state
-                for k, i in enumerate(idx):
-                    out[i] = hidden[k, :len(examples[i]["input_ids"])].float().cpu()
-    finally:
-        model.config.is_causal = causal
-    return out
+    return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
+                        desc=f"blocks 0-{split_at - 1}")
 
 
 def collate_states(examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -531,16 +535,15 @@ class TopTagger(torch.nn.Module):
     """A Llama-style token classifier run from block `split_at` on, over cached states; only that top trains."""
 
     def __init__(self, model, split_at: int):
-        from lib.preference import decoder
-
         super().__init__()
         self.model, self.split_at = model, split_at
-        top = [*decoder(model).layers[split_at:].parameters(), *decoder(model).norm.parameters(),
-               *model.score.parameters()]
-        for p in model.parameters():
-            p.requires_grad = False
-        for p in top:
-            p.requires_grad = True
+
+    def top_parameters(self) -> list[torch.nn.Parameter]:
+        """The weights that train: blocks split_at.., the final norm and the head."""
+        from lib.preference import decoder
+
+        dec = decoder(self.model)
+        return [*dec.layers[self.split_at:].parameters(), *dec.norm.parameters(), *self.model.score.parameters()]
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
         """Logits (and the loss over labelled pieces) from the cached states."""
@@ -566,6 +569,9 @@ def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]]
 
     set_causal(model, not bidirectional)
     tagger = TopTagger(model, split_at)
+    model.requires_grad_(False)
+    for p in tagger.top_parameters():
+        p.requires_grad_(True)
     steps = math.ceil(epochs * len(examples) / batch_size)
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10, seed=seed,
                       shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress,
@@ -573,20 +579,16 @@ def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]]
     return tagger, train(tagger, examples, None, cfg, collate=partial(collate_states, states=states))
 
 
-@torch.no_grad()
 def top_word_scores(tagger: TopTagger, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor],
                     n_words: Sequence[int], at: str = "first", batch_size: int = 64) -> list[np.ndarray]:
     """Tag log-probabilities of every word (one (words, tags) array per sentence) from cached states; eval mode."""
-    was_training = tagger.training
-    tagger.eval()
+    def forward(chunk):
+        batch = collate_states(chunk, states)
+        return tagger(batch["inputs_embeds"], batch["attention_mask"]).logits
+
     out: list[np.ndarray] = [np.zeros(0)] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate_states([examples[i] for i in idx], states)
-        rows = tagger(batch["inputs_embeds"], batch["attention_mask"]).logits.float().log_softmax(-1).numpy()
-        for k, i in enumerate(idx):
+    with _evaluating(tagger):
+        for i, rows in _piece_rows(examples, forward, batch_size):
             e = examples[i]
-            out[i] = rows[k, word_positions(e["word_ids"], at, n_words[e["sentence"]])]
-    tagger.train(was_training)
+            out[i] = rows[word_positions(e["word_ids"], at, n_words[e["sentence"]])]
     return out

@@ -133,21 +133,32 @@ def chat_rows(tokenizer, prompts: Sequence[str], replies: Sequence[str], max_rep
 
 
 @torch.no_grad()
+def block_states(model, ids: Sequence[Sequence[int]], split_at: int, pad_id: int, batch_size: int = 16,
+                 desc: str | None = None) -> list[torch.Tensor]:
+    """Each sequence's residual stream after the first `split_at` blocks (causal, frozen), float32 on the CPU;
+    sequences of similar length share a batch; `desc` shows a progress bar."""
+    from tqdm.auto import tqdm
+
+    from lib.models import causal_mask
+
+    states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(model.parameters()).device
+    with causal_mask(model, True), only_blocks(model, 0, split_at, final_norm=False) as dec:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
+            idx = order[start:start + batch_size]
+            batch, mask = pad_batch([ids[i] for i in idx], pad_id)
+            hidden = dec(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+            for k, i in enumerate(idx):
+                states[i] = hidden[k, :len(ids[i])].float().cpu()
+    return states
+
+
 def bottom_states(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], split_at: int,
                   max_reply_tokens: int = 48, batch_size: int = 16) -> Rows:
     """Rows with each one's residual stream after the first `split_at` blocks (frozen and shared: computed once)."""
     ids, starts = chat_rows(tokenizer, prompts, replies, max_reply_tokens)
-    states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    device = next(model.parameters()).device
-    with only_blocks(model, 0, split_at, final_norm=False) as dec:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch, mask = pad_batch([ids[i] for i in idx], tokenizer.pad_token_id)
-            hidden = dec(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
-            for k, i in enumerate(idx):
-                states[i] = hidden[k, :len(ids[i])].float().cpu()
-    return Rows(ids, starts, states)
+    return Rows(ids, starts, block_states(model, ids, split_at, tokenizer.pad_token_id, batch_size))
 
 
 def top_pass(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -163,8 +163,10 @@ def test_lookahead_round_trip_with_chunks_and_word_scores(gpt2_tok):
     assert all(np.allclose(np.exp(s).sum(1), 1, atol=1e-5) for s in scores)  # log-probabilities
     assert decode(scores, NAMES, "argmax") == expected
     assert all(invalid_starts(as_tags([p], NAMES)) == 0 for p in decode(scores, NAMES))
-    logits = word_scores(PieceOracle(), chunked, n_words, batch_size=3, at="lookahead", log_probs=False)
-    assert all((s == 5 * np.eye(len(NAMES))[p]).all() for s, p in zip(logits, expected))  # the raw logits
+    again = word_scores(PieceOracle(), chunked, n_words, batch_size=3, at="lookahead")
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(again, scores))  # chunks put back in order
+    oracle = [torch.log_softmax(5 * torch.eye(len(NAMES))[p], -1).numpy() for p in expected]
+    assert all(np.allclose(s, o, atol=1e-6) for s, o in zip(again, oracle))  # log-softmax of the oracle's logits
 
 
 # ---------------------------------------------------------------- bidirectional attention in a decoder
@@ -291,9 +293,10 @@ def test_top_tagger_on_cached_states_equals_the_whole_model(tmp_path, byte_bpe, 
     ours = top_word_scores(TopTagger(model, split_at), examples, states, n_words, at="last", batch_size=4)
     whole = word_scores(model, examples, n_words, batch_size=4, at="last")
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(ours, whole))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("score", "model.norm")) or int(n.split(".")[2]) >= split_at
-                             for n in trainable)
+    assert all(p.requires_grad for p in model.parameters())  # wrapping freezes nothing; train_top_tagger does
+    top = {id(p) for p in TopTagger(model, split_at).top_parameters()}
+    named = {n for n, p in model.named_parameters() if id(p) in top}
+    assert named and all(n.startswith(("score", "model.norm")) or int(n.split(".")[2]) >= split_at for n in named)
 
 
 def test_bidirectional_top_over_a_causal_bottom(tmp_path, byte_bpe):
@@ -349,3 +352,13 @@ def test_relabel_gives_each_strategy_its_labels_on_the_lookahead_input(byte_bpe,
         assert a["input_ids"][:n] == o["input_ids"] and a["labels"][:n] == o["labels"]
         assert a["labels"][n:] == ([] if strategy == "lookahead" else [IGNORE_INDEX])
     assert all("labels" in e for e in ahead)  # the input examples are not changed
+
+
+def test_causal_mask_restores_the_switch_as_found(tmp_path, byte_bpe):
+    from lib.models import causal_mask, set_causal
+
+    model = set_causal(tiny_tagger(tmp_path, byte_bpe), False)
+    with pytest.raises(RuntimeError), causal_mask(model, True):
+        assert model.config.is_causal is True
+        raise RuntimeError("inside the block")
+    assert model.config.is_causal is False
