@@ -161,28 +161,48 @@ def bottom_states(model, tokenizer, prompts: Sequence[str], replies: Sequence[st
     return Rows(ids, starts, block_states(model, ids, split_at, tokenizer.pad_token_id, batch_size))
 
 
-def top_pass(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log p of each row's reply tokens, final hidden state at each row's last token): blocks split_at..end,
-    the LM head only where a reply token is predicted. Gradients flow where the model has trainable weights."""
+def _top_hidden(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden states, attention mask) of rows idx: their cached states through blocks split_at..end."""
     device = next(model.parameters()).device
     width = max(len(rows.ids[i]) for i in idx)
     x = torch.zeros(len(idx), width, rows.states[idx[0]].shape[-1], device=device)
     mask = torch.zeros(len(idx), width, dtype=torch.long, device=device)
-    pos, target, owner = [], [], []
     for k, i in enumerate(idx):
-        n = len(rows.ids[i])
-        x[k, :n], mask[k, :n] = rows.states[i], 1
-        pos += [(k, t) for t in range(rows.starts[i] - 1, n - 1)]  # position t predicts token t + 1
-        target += rows.ids[i][rows.starts[i]:]
-        owner += [k] * (n - rows.starts[i])
+        x[k, :len(rows.ids[i])], mask[k, :len(rows.ids[i])] = rows.states[i], 1
     with only_blocks(model, split_at) as dec:
         hidden = dec(inputs_embeds=x.to(next(model.parameters()).dtype), attention_mask=mask,
                      use_cache=False).last_hidden_state
+    return hidden, mask
+
+
+def _last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's final hidden state at its last token, float32."""
+    return hidden[torch.arange(len(mask), device=hidden.device), mask.sum(1) - 1].float()
+
+
+def top_pass(model, rows: Rows, idx: Sequence[int], split_at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log p of each row's reply tokens, final hidden state at each row's last token): blocks split_at..end,
+    the LM head only where a reply token is predicted. Gradients flow where the model has trainable weights."""
+    hidden, mask = _top_hidden(model, rows, idx, split_at)
+    device = hidden.device
+    pos, target, owner = [], [], []
+    for k, i in enumerate(idx):
+        n = len(rows.ids[i])
+        pos += [(k, t) for t in range(rows.starts[i] - 1, n - 1)]  # position t predicts token t + 1
+        target += rows.ids[i][rows.starts[i]:]
+        owner += [k] * (n - rows.starts[i])
     rows_t, cols_t = torch.tensor(pos, device=device).T
     logp = unwrap(model).lm_head(hidden[rows_t, cols_t]).float().log_softmax(-1)
     tok = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0]
     sums = torch.zeros(len(idx), device=device).index_add(0, torch.tensor(owner, device=device), tok)
-    return sums, hidden[torch.arange(len(idx), device=device), mask.sum(1) - 1].float()
+    return sums, _last(hidden, mask)
+
+
+@torch.no_grad()
+def final_states(model, rows: Rows, split_at: int, batch_size: int = 16) -> torch.Tensor:
+    """The final hidden state at each row's last token (a reward head's features), without the LM head; CPU."""
+    return torch.cat([_last(*_top_hidden(model, rows, list(range(s, min(s + batch_size, len(rows.ids)))), split_at))
+                      for s in range(0, len(rows.ids), batch_size)]).cpu()
 
 
 @torch.no_grad()

@@ -200,23 +200,26 @@ def chat_reply(model, tokenizer, messages: Sequence[Message], max_new_tokens: in
 @torch.no_grad()
 def chat_replies(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, sample: bool = False,
                  temperature: float = 0.7, seed: int = 0, batch_size: int = 32) -> list[str]:
-    """Replies to single-turn prompts, generated in left-padded batches of similar length (greedy, or sampled)."""
+    """Replies to single-turn prompts, generated in left-padded batches of similar length (greedy, or sampled with a
+    fixed seed; the global random state is restored afterwards)."""
     ensure_chat_template(tokenizer)
     seqs = [render_ids(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
     order, out = sorted(range(len(seqs)), key=lambda i: len(seqs[i])), [""] * len(seqs)
     pad, device = tokenizer.pad_token_id, next(model.parameters()).device
-    torch.manual_seed(seed)
     model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
-        mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
-        new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
-                             temperature=temperature if sample else None, top_p=None, top_k=None,
-                             pad_token_id=pad, eos_token_id=sorted(end_ids(tokenizer)))[:, width:]
-        for i, row in zip(idx, new.tolist()):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True).split(END_TEXT)[0].strip()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is left alone
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.tensor([[pad] * (width - len(seqs[i])) + seqs[i] for i in idx], device=device)
+            mask = torch.tensor([[0] * (width - len(seqs[i])) + [1] * len(seqs[i]) for i in idx], device=device)
+            new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
+                                 temperature=temperature if sample else None, top_p=None, top_k=None,
+                                 pad_token_id=pad, eos_token_id=sorted(end_ids(tokenizer)))[:, width:]
+            for i, row in zip(idx, new.tolist()):
+                text = tokenizer.decode(row, skip_special_tokens=True).split(END_TEXT)[0]
+                out[i] = text.rstrip("\ufffd").strip()  # a reply cut inside a character's bytes loses the stub
     return out
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib.preference import (bottom_states, chat_rows, decoder, fit_reward_head, only_blocks, preference_pairs,
-                            reference_pass, reward_model_from, reward_scores, sequence_logps, token_kl, top_pass,
-                            train_dpo)
+from lib.preference import (bottom_states, chat_rows, decoder, final_states, fit_reward_head, only_blocks,
+                            preference_pairs, reference_pass, reward_model_from, reward_scores, sequence_logps,
+                            token_kl, top_pass, train_dpo)
 from lib.sft import chat_replies, ensure_chat_template
 
 PROMPTS = ["once upon a time", "the dog ran", "a girl named sue", "the cat sat"]
@@ -50,6 +50,7 @@ def test_bottom_once_then_top_equals_the_whole_model(tiny, split_at):
         assert torch.allclose(logps[i], whole[0], atol=1e-4)
         assert torch.allclose(feats[i], last, atol=1e-4)
     assert len(decoder(model).layers) == 4  # only_blocks put every block back
+    assert torch.allclose(final_states(model, rows, split_at, batch_size=2), feats, atol=1e-5)  # no LM head needed
 
 
 def test_only_blocks_restores_the_model_after_an_error(tiny):
@@ -153,5 +154,8 @@ def test_chat_replies_keep_the_prompt_order_and_are_reproducible(tiny):
     assert len(greedy) == 3 and greedy == chat_replies(model, tok, prompts, max_new_tokens=5, batch_size=2)
     alone = [chat_replies(model, tok, [p], max_new_tokens=5)[0] for p in prompts]
     assert alone == greedy  # left padding changes nothing (positions come from the attention mask)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     sampled = [chat_replies(model, tok, prompts, 5, sample=True, seed=s) for s in (0, 0, 1)]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
     assert sampled[0] == sampled[1]
