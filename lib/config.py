@@ -286,7 +286,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "ner_dev_sentences": 1000, "ner_small_model": "mini-gpt", "ner_small_epochs": 2.0,
                               "ner_small_lr": 3e-3},
         "11_financial_monitoring": {"model": "smollm2-135m-instruct", "n_templates": 5,
-                                     "topic_train_per_class": 150, "topic_val_per_class": 50,
+                                     "topic_train_per_class": 1000, "topic_val_per_class": 50,
                                      "topic_test": 800, "zero_shot_examples": 400, "dense_layers": 16, "head_steps": 300,
                                      "head_lr": 0.05, "tune_seeds": 3, "stream_windows": 240, "window_items": 24,
                                      "warmup_windows": 24, "surges": 6, "surge_windows": 4, "surge_items": 6,

@@ -135,6 +135,13 @@ def pool_scores(scores: Sequence[dict[str, Any]]) -> dict[str, float]:
             "quiet_windows": quiet, "alerts": alerts, "delays": delays}
 
 
+def false_alarm_rate(units: np.ndarray):
+    """A resampling metric: idx -> false alarms per 100 quiet windows over the units idx of a (units, 2) array of
+    [false alarms, quiet windows] (a stream's topic each), for lib.stats.paired_bootstrap."""
+    units = np.asarray(units)
+    return lambda idx: 100 * units[idx, 0].sum() / max(1, units[idx, 1].sum())
+
+
 def pick_alarm(evaluate, ks: Sequence[float], hs: Sequence[float], max_fa: float,
                kinds: Sequence[str] = ("share",)) -> dict[str, Any]:
     """The (kind, k, h) with the highest recall among those with at most max_fa false alarms per 100 quiet windows

@@ -126,3 +126,13 @@ def test_saved_classifier_round_trips_through_safetensors(tmp_path):
     assert torch.equal(back.centre, clf.centre)
     with pytest.raises(FileNotFoundError, match="run notebook 11"):
         NewsClassifier.load(tmp_path / "nowhere")
+
+
+def test_false_alarm_rate_pools_the_resampled_units():
+    from lib.monitor import false_alarm_rate
+
+    units = np.array([[1, 10], [0, 30], [3, 60]])  # [false alarms, quiet windows] per stream and topic
+    rate = false_alarm_rate(units)
+    assert rate(np.arange(3)) == pytest.approx(100 * 4 / 100)
+    assert rate(np.array([0, 0, 1])) == pytest.approx(100 * 2 / 50)  # a resample may repeat a unit
+    assert false_alarm_rate(np.zeros((1, 2)))(np.array([0])) == 0  # no quiet window: no division by zero
