@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def pool_scores(scores: Sequence[dict[str, Any]]) -> dict[str, float]:
             "quiet_windows": quiet, "alerts": alerts, "delays": delays}
 
 
-def false_alarm_rate(units: np.ndarray):
+def false_alarm_rate(units: np.ndarray) -> Callable[[np.ndarray], float]:
     """A resampling metric: idx -> false alarms per 100 quiet windows over the units idx of a (units, 2) array of
     [false alarms, quiet windows] (a stream's topic each), for lib.stats.paired_bootstrap."""
     units = np.asarray(units)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import partial
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
