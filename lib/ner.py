@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from contextlib import contextmanager
 from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -179,18 +178,6 @@ def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mappi
     return model, train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
 
 
-@contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for a `with` block; the training flag is restored as found."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _piece_rows(examples: Sequence[Mapping[str, Any]], forward, batch_size: int,
                 desc: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(example index, its pieces' tag log-probabilities): `forward(batch of examples) -> logits` in length-sorted
@@ -209,7 +196,7 @@ def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[
                 batch_size: int = 64, at: str = "first") -> list[np.ndarray]:
     """Tag log-probabilities of every word, one float32 (words, tags) array per sentence (eval mode); a sentence cut
     into chunks is put back together."""
-    from lib.training import collate
+    from lib.training import collate, evaluating
 
     device = next(model.parameters()).device
 
@@ -219,7 +206,7 @@ def word_scores(model, examples: Sequence[Mapping[str, Any]], n_words: Sequence[
 
     pieces: list[list[tuple[int, np.ndarray, list[int]]]] = [[] for _ in n_words]
     n_tags = 0
-    with _evaluating(model):
+    with evaluating(model):
         for i, rows in _piece_rows(examples, forward, batch_size, desc="predict"):
             e, n_tags = examples[i], rows.shape[-1]
             pieces[e["sentence"]].append((e["word_ids"][0], rows, e["word_ids"]))
@@ -582,12 +569,14 @@ def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]]
 def top_word_scores(tagger: TopTagger, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor],
                     n_words: Sequence[int], at: str = "first", batch_size: int = 64) -> list[np.ndarray]:
     """Tag log-probabilities of every word (one (words, tags) array per sentence) from cached states; eval mode."""
+    from lib.training import evaluating
+
     def forward(chunk):
         batch = collate_states(chunk, states)
         return tagger(batch["inputs_embeds"], batch["attention_mask"]).logits
 
     out: list[np.ndarray] = [np.zeros(0)] * len(examples)
-    with _evaluating(tagger):
+    with evaluating(tagger):
         for i, rows in _piece_rows(examples, forward, batch_size):
             e = examples[i]
             out[i] = rows[word_positions(e["word_ids"], at, n_words[e["sentence"]])]

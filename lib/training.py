@@ -23,10 +23,10 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -213,23 +213,32 @@ class History(list):
 
 # ---------------------------------------------------------------- the loop
 
-@torch.no_grad()
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for a `with` block; the training flag is restored as found, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model: torch.nn.Module, examples: Sequence[Example], collate: Callable = collate,
              batch_size: int = 8, shift_labels: bool = True, accelerator: Any = None) -> float:
     """Mean loss per target token over `examples` (eval mode, no grad; the model's mode is restored)."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of token losses, number of targets)
-    for start in range(rank * batch_size, len(examples), world * batch_size):
-        batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
-        n = count_targets(batch, shift_labels)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        total += torch.stack([loss.double() * n, torch.tensor(n, dtype=torch.float64, device=device)])
-    if accelerator is not None:
-        total = accelerator.reduce(total, "sum")
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(rank * batch_size, len(examples), world * batch_size):
+            batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
+            n = count_targets(batch, shift_labels)
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            total += torch.stack([loss.double() * n, torch.tensor(n, dtype=torch.float64, device=device)])
+        if accelerator is not None:
+            total = accelerator.reduce(total, "sum")
     return float(total[0] / total[1].clamp(min=1))
 
 
