@@ -191,7 +191,10 @@ KNOBS: dict[str, Knob] = {
                       positive=True),
     "lora_sizes": Knob(list, "training examples of the LoRA runs of the language model (its costly arm)"),
     "als_factors": Knob(list, "latent factors of ALS matrix factorisation, one picked on the validation split"),
-    "candidates": Knob(int, "top candidates of the MF model that the hybrid re-ranks", positive=True),
+    "candidates": Knob(int, "top candidates of ALS (and extra ones of recent item-kNN) that the hybrids re-rank",
+                      positive=True),
+    "recent_items": Knob(list, "how many of the user's latest movies recent item-kNN reads; one picked on validation",
+                         item=int),
     "cold_max": Knob(int, "a test item is cold when it has at most this many training interactions", positive=True),
     "cold_slots": Knob(int, "of the ten movies shown, how many the hybrid reserves for cold movies (text scorer)",
                        nonnegative=True),
@@ -254,7 +257,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "12_recommendation": {"model": "smollm2-135m-instruct", "dense_layers": 1, "train_sizes": [16, 64],
                               "rec_seeds": 2, "zero_shot_examples": 2, "lora_sizes": [4], "tune_steps": 1,
                               "batch_size": 2, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
-                              "als_factors": [16], "candidates": 50, "cold_max": 20, "cold_slots": 1},
+                              "als_factors": [16], "candidates": 50, "recent_items": [3], "cold_max": 20,
+                              "cold_slots": 1},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -304,7 +308,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 48,
                               "lora_sizes": [16], "tune_steps": 12, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
                               "lora_blocks": 4, "tune_seeds": 2, "als_factors": [32, 64, 128], "candidates": 50,
-                              "cold_max": 20, "cold_slots": 1},
+                              "recent_items": [1, 2, 3, 5, 10], "cold_max": 20, "cold_slots": 1},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -356,7 +360,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 2000,
                               "lora_sizes": [16, 64, 256], "tune_steps": 64, "batch_size": 16, "lr": 1e-3,
                               "lora_rank": 8, "lora_blocks": 30, "tune_seeds": 3, "als_factors": [32, 64, 128],
-                              "candidates": 50, "cold_max": 20, "cold_slots": 1},
+                              "candidates": 50, "recent_items": [1, 2, 3, 5, 10], "cold_max": 20,
+                              "cold_slots": 1},
     },
 }
 

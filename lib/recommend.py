@@ -17,7 +17,7 @@ that re-orders a base model's top candidates (the seed's 结合其他特征综�
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -316,18 +316,33 @@ def interactions(users: Sequence[int], items: Sequence[int], n_users: int, n_ite
     return m
 
 
+def _fitted(side: pd.Series, target: str) -> pd.Series:
+    """The ratings a leave-one-out stage trains on: 'validation' the training ones, 'test' training + validation."""
+    if target not in ("validation", "test"):
+        raise ValueError(f"target={target!r}: expected 'validation' or 'test'")
+    return side.eq("train") if target == "validation" else side.ne("test")
+
+
 def loo_stage(ratings: pd.DataFrame, side: pd.Series, target: str, n_users: int,
               n_items: int) -> tuple[sparse.csr_matrix, np.ndarray]:
     """(training matrix, each user's target item) of one leave-one-out stage; 'validation' trains on the training
     interactions, 'test' on training + validation. Ids are 1-based; rows and columns are 0-based (id - 1)."""
-    if target not in ("validation", "test"):
-        raise ValueError(f"target={target!r}: expected 'validation' or 'test'")
-    fit = side.eq("train") if target == "validation" else side.ne("test")
+    fit = _fitted(side, target)
     X = interactions(ratings["user"][fit] - 1, ratings["item"][fit] - 1, n_users, n_items)
     t = ratings[side.eq(target)].set_index("user")["item"].reindex(range(1, n_users + 1))
     if t.isna().any():
         raise ValueError(f"{int(t.isna().sum())} user(s) have no {target} interaction; expected one per user")
     return X, t.to_numpy().astype(int) - 1
+
+
+def last_interactions(ratings: pd.DataFrame, side: pd.Series, target: str, m: int, n_users: int,
+                      n_items: int) -> sparse.csr_matrix:
+    """(n_users, n_items) each user's last m training interactions (in time, ties as in `leave_one_out`)."""
+    if m < 1:
+        raise ValueError(f"m={m}: expected at least one recent interaction")
+    r = ratings[_fitted(side, target)].sort_values("timestamp", kind="stable")
+    last = r.groupby("user").tail(m)
+    return interactions(last["user"] - 1, last["item"] - 1, n_users, n_items)
 
 
 def ranking_row(ranks: np.ndarray, k: int = 10, seed: int = 0) -> dict[str, float]:
@@ -347,18 +362,19 @@ def popularity_scores(train: sparse.csr_matrix) -> np.ndarray:
     return np.tile(counts, (train.shape[0], 1))
 
 
-def item_knn_scores(train: sparse.csr_matrix, neighbours: int = 100, shrink: float = 10.0) -> np.ndarray:
-    """(n_users, n_items) item-kNN: each item's summed cosine similarity (shrunk, top neighbours kept) to the items
-    the user interacted with."""
+def item_knn_scores(train: sparse.csr_matrix, neighbours: int | None = 100, shrink: float = 10.0,
+                    profile: sparse.csr_matrix | None = None) -> np.ndarray:
+    """(n_users, n_items) item-kNN: each item's summed cosine similarity (shrunk; the top `neighbours` kept, all when
+    None) to the items of the user's `profile` (default: all their training items; a recent few: session kNN)."""
     X = train.T.tocsr().astype(float)
     co = (X @ X.T).toarray()
     norms = np.sqrt(np.diag(co))
     sim = co / (np.outer(norms, norms) + shrink + 1e-12)
     np.fill_diagonal(sim, 0.0)
-    if neighbours < sim.shape[0]:
+    if neighbours is not None and neighbours < sim.shape[0]:
         cut = -np.partition(-sim, neighbours - 1, axis=1)[:, neighbours - 1:neighbours]
         sim = np.where(sim >= cut, sim, 0.0)
-    return np.asarray(train @ sim.T)
+    return np.asarray((train if profile is None else profile) @ sim.T)
 
 
 def als_scores(train: sparse.csr_matrix, factors: int, reg: float, alpha: float = 1.0, iterations: int = 15,
@@ -401,16 +417,18 @@ def union_candidates(first: np.ndarray, second: np.ndarray, extra: int) -> np.nd
     return np.stack(rows)
 
 
-RERANK_FEATURES = ("base", "base_rank", "text", "knn", "log_popularity", "year", "genre_overlap")
+def feature_names(scores: Iterable[str]) -> list[str]:
+    """The re-ranker's feature names, in `candidate_features` order."""
+    return [*scores, "list_rank", "log_popularity", "year", "genre_overlap"]
 
 
 def candidate_features(cands: np.ndarray, scores: Mapping[str, np.ndarray], train: sparse.csr_matrix,
                        years: np.ndarray, genres: np.ndarray) -> np.ndarray:
-    """(n_users, k, n_features) features of each candidate, in RERANK_FEATURES order: the base model's score
-    (standardised within the user's candidates) and rank, the text and item-kNN scores (standardised likewise),
-    log popularity, release year, and the cosine of the item's genres with the user's genre profile."""
-    def per_user(name: str) -> np.ndarray:
-        s = np.take_along_axis(scores[name], cands, 1)
+    """(n_users, k, n_features) features of each candidate, named by `feature_names`: each model's score
+    (standardised within the user's candidates), the candidate's position in the list (log), log popularity,
+    release year, and the cosine of the item's genres with the user's genre profile."""
+    def per_user(s: np.ndarray) -> np.ndarray:
+        s = np.take_along_axis(s, cands, 1)
         return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-9)
 
     pop = np.log1p(np.asarray(train.sum(0)).ravel())[cands]
@@ -419,26 +437,23 @@ def candidate_features(cands: np.ndarray, scores: Mapping[str, np.ndarray], trai
     g = genres[cands] / np.maximum(np.linalg.norm(genres[cands], axis=2, keepdims=True), 1e-12)
     overlap = (g * prof[:, None, :]).sum(-1)
     rank = np.broadcast_to(np.log1p(np.arange(cands.shape[1])), cands.shape)
-    return np.stack([per_user("base"), rank, per_user("text"), per_user("knn"), pop, years[cands], overlap], -1)
+    return np.stack([*(per_user(v) for v in scores.values()), rank, pop, years[cands], overlap], -1)
 
 
 class Reranker:
     """A logistic regression over candidate features, learned from which candidate was the held-out item."""
 
-    def __init__(self, features: np.ndarray, cands: np.ndarray, targets: Sequence[int], c: float = 1.0,
-                 use: Sequence[str] = RERANK_FEATURES) -> None:
-        self.cols = [RERANK_FEATURES.index(f) for f in use]
+    def __init__(self, features: np.ndarray, cands: np.ndarray, targets: Sequence[int], c: float = 1.0) -> None:
         y = (cands == np.asarray(targets)[:, None]).astype(int)
         keep = y.any(1)  # users whose held-out item is among the candidates carry the signal
         if not keep.any():
             raise ValueError("Reranker: no held-out item is among the candidates; expected at least one")
-        X = features[keep][..., self.cols].reshape(-1, len(self.cols))
-        self.model = fit_logistic(X, y[keep].ravel(), c)
+        self.model = fit_logistic(features[keep].reshape(-1, features.shape[-1]), y[keep].ravel(), c)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(n_users, k) the learned score of each candidate."""
-        n, k, _ = features.shape
-        return self.model.decision_function(features[..., self.cols].reshape(n * k, -1)).reshape(n, k)
+        n, k, d = features.shape
+        return self.model.decision_function(features.reshape(n * k, d)).reshape(n, k)
 
 
 def pick_c(features: np.ndarray, cands: np.ndarray, targets: np.ndarray, base_ranks: np.ndarray,

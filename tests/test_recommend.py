@@ -128,6 +128,30 @@ def test_leave_one_out_holds_out_each_users_last_two():
         assert g["side"].tolist() == ["train"] * 13 + ["validation", "test"]
 
 
+def test_last_interactions_are_the_latest_training_ones_of_each_stage():
+    from lib.recommend import last_interactions
+
+    r = toy_ratings(n_users=3, per_user=15)
+    side = leave_one_out(r)
+    for stage, held in (("validation", ("validation", "test")), ("test", ("test",))):
+        R = last_interactions(r, side, stage, 3, 3, 40)
+        for u, g in r.assign(side=side).groupby("user"):
+            g = g[~g["side"].isin(held)].sort_values("timestamp", kind="stable")
+            assert set(np.flatnonzero(R[u - 1].toarray()[0]) + 1) == set(g["item"].tail(3))
+    with pytest.raises(ValueError, match="at least one"):
+        last_interactions(r, side, "test", 0, 3, 40)
+
+
+def test_item_knn_reads_only_the_profile_it_is_given():
+    from lib.recommend import item_knn_scores
+
+    train = interactions([0, 0, 1, 1, 2], [0, 1, 0, 1, 2], 3, 3)  # items 0 and 1 co-watched; item 2 alone
+    only_item_2 = interactions([0], [2], 3, 3)
+    full, recent = item_knn_scores(train, None, 0.0), item_knn_scores(train, None, 0.0, profile=only_item_2)
+    assert np.isclose(full[0, 0], 1.0) and np.isclose(full[0, 1], 1.0)  # each is the other's perfect neighbour
+    assert np.allclose(recent, 0.0)  # item 2 shares no user with anything: no score from it
+
+
 def test_out_of_fold_features_never_use_the_example_itself():
     r = toy_ratings(n_users=20, per_user=15)
     r["like"] = (r["rating"] > 3).astype(int)
