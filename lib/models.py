@@ -125,6 +125,22 @@ def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bid
     return (set_causal(model, False) if bidirectional else model).to(device)
 
 
+def fresh_head(model, seed: int = 0):
+    """A deep copy of a token classifier whose head is re-initialised as a fresh load would (N(0, initializer_range)
+    weights, zero bias), seeded; the body keeps its weights and the original is left untouched."""
+    import copy
+
+    import torch
+
+    out = copy.deepcopy(model)
+    head = out.score if hasattr(out, "score") else out.classifier  # Llama-style / GPT-2 token classifiers
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(head.weight, std=out.config.initializer_range)
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
+    return out
+
+
 def set_causal(model, causal: bool):
     """Switch a decoder's causal mask on or off (off: every position attends to the whole input, padding excepted).
 

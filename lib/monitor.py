@@ -163,21 +163,25 @@ class NewsClassifier:
     model: str
     blocks: int
     topics: list[str]
-    centre: Any  # torch tensor (d,): the training vectors' mean, removed before the heads (lib.intent.centre)
-    heads: dict[str, Any]  # "topic" / "sentiment" -> {"weight": (n, d), "bias": (n,)} tensors
+    heads: dict[str, Any]  # "topic" / "sentiment" -> {"weight": (n, d), "bias": (n,), "centre": (d,)} tensors; the
+    # centre is the mean of that head's training vectors, removed before it reads them (lib.intent.centre)
     alarm: dict[str, Any]  # "kind" (share or count), "k", "h"
+
+    def classify(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(topic, sentiment) indices from raw pooled states; each head centres them on its own training mean."""
+        from lib.intent import centre
+
+        return tuple((centre(pooled, h["centre"].numpy()) @ h["weight"].numpy().T + h["bias"].numpy()).argmax(1)
+                     for h in (self.heads["topic"], self.heads["sentiment"]))
 
     def predict(self, texts: Sequence[str], lm=None, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
         """(topic index, sentiment index into lib.finance.FIN_LABELS) of each text."""
-        from lib.intent import centre
         from lib.models import load_causal_lm, load_tokenizer
         from lib.retrieval import embed
 
         tokenizer = tokenizer or load_tokenizer(self.model)
         lm = lm or load_causal_lm(self.model)
-        x = centre(embed(lm, tokenizer, texts, blocks=self.blocks), self.centre.numpy())
-        return tuple((x @ self.heads[n]["weight"].numpy().T + self.heads[n]["bias"].numpy()).argmax(1)
-                     for n in ("topic", "sentiment"))
+        return self.classify(embed(lm, tokenizer, texts, blocks=self.blocks))
 
     def save(self, folder: Path | None = None) -> Path:
         """Write heads (safetensors) and settings (JSON) into folder, whole or not at all; the folder."""

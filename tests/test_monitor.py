@@ -115,17 +115,31 @@ def test_saved_classifier_round_trips_through_safetensors(tmp_path):
 
     from lib.monitor import NewsClassifier
 
-    clf = NewsClassifier("smollm2-135m-instruct", 4, ["World", "Business"], torch.randn(8),
-                         {"topic": {"weight": torch.randn(2, 8), "bias": torch.zeros(2)},
-                          "sentiment": {"weight": torch.randn(3, 8), "bias": torch.ones(3)}}, {"k": 0.5, "h": 4.0})
+    clf = NewsClassifier("smollm2-135m-instruct", 4, ["World", "Business"],
+                         {"topic": {"weight": torch.randn(2, 8), "bias": torch.zeros(2), "centre": torch.randn(8)},
+                          "sentiment": {"weight": torch.randn(3, 8), "bias": torch.ones(3), "centre": torch.randn(8)}},
+                         {"k": 0.5, "h": 4.0})
     folder = clf.save(tmp_path / "clf")
     assert sorted(p.name for p in folder.iterdir()) == ["classifier.json", "classifier.safetensors"]
     back = NewsClassifier.load(folder)
     assert back.topics == clf.topics and back.alarm == clf.alarm and back.blocks == 4
-    assert torch.equal(back.heads["sentiment"]["weight"], clf.heads["sentiment"]["weight"])
-    assert torch.equal(back.centre, clf.centre)
+    for head in ("topic", "sentiment"):
+        assert all(torch.equal(back.heads[head][k], clf.heads[head][k]) for k in ("weight", "bias", "centre"))
     with pytest.raises(FileNotFoundError, match="run notebook 11"):
         NewsClassifier.load(tmp_path / "nowhere")
+
+
+def test_each_head_centres_the_pooled_states_on_its_own_mean():
+    import torch
+
+    from lib.monitor import NewsClassifier
+
+    eye = torch.eye(2)  # a head that reads the centred vector's two coordinates as two class scores
+    heads = {"topic": {"weight": eye, "bias": torch.zeros(2), "centre": torch.tensor([0.0, 0.0])},
+             "sentiment": {"weight": torch.eye(3, 2), "bias": torch.zeros(3), "centre": torch.tensor([2.0, 0.0])}}
+    clf = NewsClassifier("m", 1, ["A", "B"], heads, {})
+    topic, sentiment = clf.classify(np.array([[1.0, 0.5]]))
+    assert topic.tolist() == [0] and sentiment.tolist() == [1]  # (1, .5) for the topic head; (-1, .5) for sentiment
 
 
 def test_false_alarm_rate_pools_the_resampled_units():

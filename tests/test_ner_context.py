@@ -362,3 +362,19 @@ def test_causal_mask_restores_the_switch_as_found(tmp_path, byte_bpe):
         assert model.config.is_causal is True
         raise RuntimeError("inside the block")
     assert model.config.is_causal is False
+
+
+def test_fresh_head_copies_the_body_and_reinitialises_only_the_head(tmp_path, byte_bpe):
+    from lib.models import fresh_head
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    with torch.no_grad():
+        model.score.weight.add_(1.0)  # a head that has "trained"
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    a, b = fresh_head(model, seed=3), fresh_head(model, seed=3)
+    assert all(torch.equal(model.state_dict()[n], v) for n, v in before.items())  # the original is untouched
+    assert torch.equal(a.score.weight, b.score.weight) and not torch.equal(a.score.weight, model.score.weight)
+    assert a.score.weight.abs().max() < 0.5  # back to N(0, 0.02), not the shifted head
+    body = [n for n in before if not n.startswith("score")]
+    assert body and all(torch.equal(a.state_dict()[n], before[n]) for n in body)
+    assert a.model.layers[0].self_attn.q_proj.weight is not model.model.layers[0].self_attn.q_proj.weight
