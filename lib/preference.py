@@ -205,6 +205,27 @@ def final_states(model, rows: Rows, split_at: int, batch_size: int = 16) -> torc
                       for s in range(0, len(rows.ids), batch_size)]).cpu()
 
 
+def head_rewards(model, tokenizer, weight: torch.Tensor, prompts: Sequence[str], replies: Sequence[str],
+                 split_at: int, max_reply_tokens: int) -> torch.Tensor:
+    """Rewards of a linear head on each conversation's final hidden state (`final_states`), run the two-core way: the
+    bottom blocks once (`bottom_states`), then the top; equals `reward_scores` of `reward_model_from(model, weight)`."""
+    rows = bottom_states(model, tokenizer, prompts, replies, split_at, max_reply_tokens)
+    return final_states(model, rows, split_at) @ weight
+
+
+@torch.no_grad()
+def pair_margins(policy, rows: Rows, ref_logps: torch.Tensor, pairs: Sequence[int], split_at: int, beta: float,
+                 batch_size: int = 32) -> torch.Tensor:
+    """DPO's implicit reward margins β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] of pairs k,
+    whose chosen reply is row k and rejected reply row n + k (rows hold [chosen; rejected], n pairs each); CPU."""
+    n, pairs = len(rows.ids) // 2, list(pairs)
+    idx = pairs + [n + k for k in pairs]
+    lp = torch.cat([top_pass(policy, rows, idx[s:s + batch_size], split_at)[0]
+                    for s in range(0, len(idx), batch_size)]).cpu()
+    d = lp - ref_logps[idx]
+    return beta * (d[:len(pairs)] - d[len(pairs):])
+
+
 @torch.no_grad()
 def reference_pass(model, rows: Rows, split_at: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """top_pass over all rows without gradients (the reference: the policy before training): (logps, features)."""

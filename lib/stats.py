@@ -69,6 +69,15 @@ def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable
     return diff, min(1.0, p)
 
 
+def change_interval(after: Sequence[bool], before: Sequence[bool], seed: int = 0) -> tuple[float, float, float, float]:
+    """(mean change after − before, its 95% bootstrap interval over the items, McNemar p) of paired 0/1 outcomes."""
+    a, b = np.asarray(after, dtype=float), np.asarray(before, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"after and before: expected the same items, got shapes {a.shape} and {b.shape}")
+    value, lo, hi = bootstrap_interval(lambda i: a[i].mean() - b[i].mean(), len(a), seed=seed)
+    return value, lo, hi, mcnemar(a.astype(bool), b.astype(bool))
+
+
 def fmt_interval(value: float, low: float, high: float, digits: int = 3) -> str:
     """'0.812 [0.770, 0.850]' for tables and prose."""
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

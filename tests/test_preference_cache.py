@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib.preference import (bottom_states, chat_rows, decoder, final_states, fit_reward_head, only_blocks,
-                            preference_pairs, reference_pass, reward_model_from, reward_scores, sequence_logps,
-                            token_kl, top_pass, train_dpo)
+from lib.preference import (bottom_states, chat_rows, decoder, final_states, fit_reward_head, head_rewards,
+                            only_blocks, pair_margins, preference_pairs, reference_pass, reward_model_from,
+                            reward_scores, sequence_logps, token_kl, top_pass, train_dpo)
 from lib.sft import chat_replies, ensure_chat_template
 
 PROMPTS = ["once upon a time", "the dog ran", "a girl named sue", "the cat sat"]
@@ -136,6 +136,27 @@ def test_reward_model_from_a_head_scores_what_the_features_say(tiny, tmp_path):
     assert torch.allclose(reward_scores(rm, tok, PROMPTS, REPLIES), feats @ w, atol=1e-4)
     again = load_reward_model(str(save_reward_model(rm, tok, tmp_path / "rm")))
     assert torch.allclose(reward_scores(again, tok, PROMPTS, REPLIES), feats @ w, atol=1e-4)
+    assert torch.allclose(head_rewards(model, tok, w, PROMPTS, REPLIES, 2, 64), feats @ w, atol=1e-4)  # any split
+
+
+def test_pair_margins_are_the_implicit_reward_of_chosen_over_rejected(tiny):
+    model, tok = tiny
+    split_at = 2
+    rows = bottom_states(model, tok, PROMPTS * 2, REPLIES + REPLIES[::-1], split_at, 64)  # pair k: rows k and 4 + k
+    ref, _ = reference_pass(model, rows, split_at)
+    policy = lora_policy(model, split_at)
+    try:
+        assert torch.allclose(pair_margins(policy, rows, ref, range(4), split_at, 0.5), torch.zeros(4), atol=1e-5)
+        train_dpo(policy, rows, ref, [(i, 4 + i) for i in range(4)], split_at, 0.5, 10, 1e-2, 4, 0)
+        with torch.no_grad():
+            d = top_pass(policy, rows, list(range(8)), split_at)[0].cpu() - ref
+        by_hand = 0.5 * (d[[1, 3]] - d[[5, 7]])
+        for batch_size in (1, 3, 32):
+            got = pair_margins(policy, rows, ref, [1, 3], split_at, 0.5, batch_size=batch_size)
+            assert torch.allclose(got, by_hand, atol=1e-4)
+        assert (pair_margins(policy, rows, ref, range(4), split_at, 0.5) > 0).float().mean() > 0.5  # it learned
+    finally:
+        policy.unload()
 
 
 def test_harmful_pairs_reject_the_models_own_reply_when_given():

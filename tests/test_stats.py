@@ -40,6 +40,17 @@ def test_bootstrap_and_paired_bootstrap():
     assert same == 0.0 and p_same == 1.0
 
 
+def test_change_interval_of_paired_outcomes_by_hand():
+    from lib.stats import change_interval
+
+    after, before = [True, True, False, False], [False, False, False, False]
+    value, lo, hi, p = change_interval(after, before)
+    assert value == 0.5 and 0 <= lo <= 0.5 <= hi <= 1 and p == 0.5  # two discordant pairs: exact binomial p = 0.5
+    assert change_interval(before, before)[:3] == (0.0, 0.0, 0.0) and change_interval(before, before)[3] == 1.0
+    with pytest.raises(ValueError, match="same items"):
+        change_interval([True], [True, False])
+
+
 def test_fmt_interval():
     assert fmt_interval(0.8125, 0.75, 0.875) == "0.812 [0.750, 0.875]"
 
