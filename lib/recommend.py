@@ -362,15 +362,22 @@ def popularity_scores(train: sparse.csr_matrix) -> np.ndarray:
     return np.tile(counts, (train.shape[0], 1))
 
 
-def item_knn_scores(train: sparse.csr_matrix, neighbours: int | None = 100, shrink: float = 10.0,
-                    profile: sparse.csr_matrix | None = None) -> np.ndarray:
-    """(n_users, n_items) item-kNN: each item's summed cosine similarity (shrunk; the top `neighbours` kept, all when
-    None) to the items of the user's `profile` (default: all their training items; a recent few: session kNN)."""
+def item_similarity(train: sparse.csr_matrix, shrink: float = 10.0) -> np.ndarray:
+    """(n_items, n_items) shrunk cosine similarity of the items' interaction columns, zero on the diagonal."""
     X = train.T.tocsr().astype(float)
     co = (X @ X.T).toarray()
     norms = np.sqrt(np.diag(co))
     sim = co / (np.outer(norms, norms) + shrink + 1e-12)
     np.fill_diagonal(sim, 0.0)
+    return sim
+
+
+def item_knn_scores(train: sparse.csr_matrix, neighbours: int | None = 100, shrink: float = 10.0,
+                    profile: sparse.csr_matrix | None = None, sim: np.ndarray | None = None) -> np.ndarray:
+    """(n_users, n_items) item-kNN: each item's summed cosine similarity (shrunk; the top `neighbours` kept, all when
+    None) to the items of the user's `profile` (default: all their training items; a recent few: session kNN).
+    Pass `sim` (`item_similarity(train, shrink)`) to reuse one similarity matrix across calls."""
+    sim = item_similarity(train, shrink) if sim is None else sim
     if neighbours is not None and neighbours < sim.shape[0]:
         cut = -np.partition(-sim, neighbours - 1, axis=1)[:, neighbours - 1:neighbours]
         sim = np.where(sim >= cut, sim, 0.0)

@@ -150,6 +150,11 @@ def test_item_knn_reads_only_the_profile_it_is_given():
     full, recent = item_knn_scores(train, None, 0.0), item_knn_scores(train, None, 0.0, profile=only_item_2)
     assert np.isclose(full[0, 0], 1.0) and np.isclose(full[0, 1], 1.0)  # each is the other's perfect neighbour
     assert np.allclose(recent, 0.0)  # item 2 shares no user with anything: no score from it
+    from lib.recommend import item_similarity
+
+    shared = item_similarity(train, 0.0)  # one matrix passed in gives what each call computes for itself
+    assert np.array_equal(item_knn_scores(train, 1, 0.0, sim=shared), item_knn_scores(train, 1, 0.0))
+    assert not item_knn_scores(train, None, 0.0, sim=np.zeros((3, 3))).any()  # the matrix passed in is the one used
 
 
 def test_out_of_fold_features_never_use_the_example_itself():
