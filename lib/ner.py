@@ -492,18 +492,21 @@ def paired_f1_tests(counts_a: np.ndarray, counts_b: np.ndarray, types: Sequence[
 # ---------------------------------------------------------------- two cores: a frozen bottom computed once
 
 def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pad_id: int = 0,
-                 batch_size: int = 32) -> list[torch.Tensor]:
+                 batch_size: int = 32, bf16: bool = False) -> list[torch.Tensor]:
     """Each example's residual stream after the first `split_at` blocks of a Llama-style model (causal, frozen).
 
-    One example per sentence (none cut into chunks), so that a state is found by its example's `sentence`.
+    One example per sentence (none cut into chunks), so that a state is found by its example's `sentence`;
+    bf16: run the blocks under bfloat16 autocast (the states are still stored as float32).
     """
     from lib.preference import block_states
 
     cut = next((i for i, e in enumerate(examples) if e["sentence"] != i), None)
     if cut is not None:
         raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
-    return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
-                        desc=f"blocks 0-{split_at - 1}")
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
+                            desc=f"blocks 0-{split_at - 1}")
 
 
 def collate_states(examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -549,8 +552,9 @@ class TopTagger(torch.nn.Module):
 
 def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor], *,
                      epochs: float, batch_size: int, lr: float, seed: int = 0, bidirectional: bool = False,
-                     progress: bool = True):
-    """(TopTagger, history): blocks split_at.. and the head trained on cached states with the shared core."""
+                     progress: bool = True, mixed_precision: str = "no"):
+    """(TopTagger, history): blocks split_at.. and the head trained on cached states with the shared core;
+    mixed_precision: TrainConfig's (no, bf16, auto)."""
     from lib.models import set_causal
     from lib.training import TrainConfig, train
 
@@ -562,7 +566,7 @@ def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]]
     steps = math.ceil(epochs * len(examples) / batch_size)
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10, seed=seed,
                       shift_labels=False, group_by_length=True, log_every=max(1, steps // 40), progress=progress,
-                      mixed_precision="no")
+                      mixed_precision=mixed_precision)
     return tagger, train(tagger, examples, None, cfg, collate=partial(collate_states, states=states))
 
 

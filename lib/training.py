@@ -361,9 +361,9 @@ def train(model: torch.nn.Module, train_examples: Sequence[Example], eval_exampl
     return history
 
 
-def matmul_peak(n: int = 1024, reps: int = 20, device: str = "cpu") -> float:
-    """This machine's measured float32 matmul rate in FLOP/s: the denominator of model FLOPs utilisation (MFU)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(n: int = 1024, reps: int = 20, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """This machine's measured matmul rate in FLOP/s at `dtype`: the denominator of model FLOPs utilisation (MFU)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
     start = time.perf_counter()
     for _ in range(reps):

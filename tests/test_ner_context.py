@@ -313,15 +313,27 @@ def test_bidirectional_top_over_a_causal_bottom(tmp_path, byte_bpe):
     assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(ours, causal))
 
 
-def test_train_top_tagger_learns_and_leaves_the_bottom_alone(tmp_path, byte_bpe):
+def test_bf16_cache_is_float32_and_close_but_not_equal(tmp_path, byte_bpe):
+    from lib.ner import bottom_cache
+
+    model = tiny_tagger(tmp_path, byte_bpe)
+    examples, _ = sentence_examples(byte_bpe)
+    exact, rounded = bottom_cache(model, examples, 2), bottom_cache(model, examples, 2, bf16=True)
+    assert all(r.dtype == torch.float32 and r.shape == e.shape for r, e in zip(rounded, exact))
+    assert all(torch.allclose(r, e, rtol=0.05, atol=0.05) for r, e in zip(rounded, exact))
+    assert not all(torch.equal(r, e) for r, e in zip(rounded, exact))  # the blocks really ran in bfloat16
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_train_top_tagger_learns_and_leaves_the_bottom_alone(tmp_path, byte_bpe, mixed_precision):
     from lib.ner import bottom_cache, top_word_scores, train_top_tagger
 
     model = tiny_tagger(tmp_path, byte_bpe)
     examples, n_words = sentence_examples(byte_bpe)
     bottom = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers.0." in n or "embed" in n}
-    states = bottom_cache(model, examples, 1)
+    states = bottom_cache(model, examples, 1, bf16=mixed_precision == "bf16")
     tagger, hist = train_top_tagger(model, 1, examples * 40, states, epochs=4, batch_size=4, lr=1e-2,
-                                    bidirectional=True, progress=False)
+                                    bidirectional=True, progress=False, mixed_precision=mixed_precision)
     assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
     assert all(torch.equal(p, bottom[n]) for n, p in model.named_parameters() if n in bottom)
     pred = decode(top_word_scores(tagger, examples, states, n_words), NAMES, "argmax")
