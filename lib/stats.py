@@ -56,9 +56,10 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
     return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
-                     n_items: int, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """(difference a - b on all items, two-sided p-value) from resampling the same items for both systems."""
+def paired_difference(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
+                      n_items: int, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float, float, float]:
+    """(difference a - b on all items, its percentile interval, two-sided p) from resampling the same items for both."""
     rng = np.random.default_rng(seed)
     idx = np.arange(n_items)
     diff = float(metric_a(idx) - metric_b(idx))
@@ -66,7 +67,15 @@ def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable
                                                            for _ in range(n_boot))])
     # share of resamples on the other side of zero, doubled (the percentile-interval test of Koehn 2004)
     p = 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))
-    return diff, min(1.0, p)
+    lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    return diff, float(lo), float(hi), min(1.0, p)
+
+
+def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
+                     n_items: int, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(difference a - b on all items, two-sided p-value): `paired_difference` without the interval."""
+    diff, _, _, p = paired_difference(metric_a, metric_b, n_items, n_boot, seed)
+    return diff, p
 
 
 def change_interval(after: Sequence[bool], before: Sequence[bool], seed: int = 0) -> tuple[float, float, float, float]:
@@ -88,6 +97,8 @@ def fmt_p(p: float) -> str:
     return "p < 0.001" if p < 1e-3 else f"p = {p:.3f}"
 
 
-def verdict(diff: float, p: float, alpha: float = 0.05) -> str:
-    """'+0.012 (p = 0.210: within the noise)': a difference called real only when the paired test says so."""
-    return f"{diff:+.3f} ({fmt_p(p)}: {'a real difference' if p < alpha else 'within the noise'})"
+def verdict(diff: float, p: float, alpha: float = 0.05, interval: tuple[float, float] | None = None) -> str:
+    """'+0.012 (p = 0.210: within the noise)': a difference called real only when the paired test says so;
+    with `interval`, '+0.012 [-0.007, +0.031] (p = 0.210: within the noise)'."""
+    ci = "" if interval is None else f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    return f"{diff:+.3f}{ci} ({fmt_p(p)}: {'a real difference' if p < alpha else 'within the noise'})"

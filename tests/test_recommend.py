@@ -252,8 +252,8 @@ def test_auc_interval_and_paired_auc_on_a_tiny_set():
     good, bad = y + 0.1 * np.arange(8), -y.astype(float)
     mean, sd, lo, hi = auc_interval(y, [good, good], n_boot=50)
     assert (mean, sd, lo, hi) == (1.0, 0.0, 1.0, 1.0)  # a perfect scorer: every resample has AUC 1
-    diff, p = paired_auc(y, [good], [bad], n_boot=50)
-    assert diff == 1.0 and p == 0.0
+    diff, lo, hi, p = paired_auc(y, [good], [bad], n_boot=50)
+    assert diff == lo == hi == 1.0 and p == 0.0  # perfect against perfectly wrong on every resample
 
 
 def test_cold_slots_by_hand():

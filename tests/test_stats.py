@@ -40,6 +40,17 @@ def test_bootstrap_and_paired_bootstrap():
     assert same == 0.0 and p_same == 1.0
 
 
+def test_paired_difference_interval_is_the_bootstrap_of_the_difference():
+    from lib.stats import paired_difference
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(60), rng.random(60) - 0.1
+    diff, lo, hi, p = paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), 60, seed=7)
+    assert (diff, lo, hi) == pytest.approx(bootstrap_interval(lambda i: a[i].mean() - b[i].mean(), 60, seed=7))
+    assert lo <= diff <= hi and (diff, p) == paired_bootstrap(lambda i: a[i].mean(), lambda i: b[i].mean(), 60, seed=7)
+    assert (p < 0.05) == (lo > 0 or hi < 0)  # with the same resamples, test and interval agree on zero
+
+
 def test_change_interval_of_paired_outcomes_by_hand():
     from lib.stats import change_interval
 
@@ -59,6 +70,7 @@ def test_fmt_p_and_verdict():
     assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.0421) == "p = 0.042"
     assert verdict(0.0123, 0.21) == "+0.012 (p = 0.210: within the noise)"
     assert verdict(-0.05, 0.01).endswith("a real difference)")
+    assert verdict(0.0123, 0.21, interval=(-0.004, 0.03)) == "+0.012 [-0.004, +0.030] (p = 0.210: within the noise)"
 
 
 def test_macro_f1_equals_scikit_learns():
