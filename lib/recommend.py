@@ -24,6 +24,8 @@ import pandas as pd
 from scipy import sparse
 from scipy.stats import rankdata
 
+from lib.stats import percentile_test
+
 LIKE_ABOVE = 3  # a rating above 3 is "like" (TALLRec)
 SPLITS = ("train", "validation", "test")
 
@@ -139,15 +141,13 @@ def auc_interval(labels: Sequence[int], runs: Sequence[Sequence[float]], n_boot:
 def paired_auc(labels: Sequence[int], runs_a: Sequence[Sequence[float]], runs_b: Sequence[Sequence[float]],
                n_boot: int = 300, seed: int = 0) -> tuple[float, float, float, float]:
     """(difference of run-mean AUCs a - b, its 95% interval, two-sided p-value): the same stratified resamples for
-    both systems; p is twice the share of resampled differences on the other side of zero (as in lib.stats)."""
+    both systems (`lib.stats.percentile_test`)."""
     y = np.asarray(labels)
     a, b = np.atleast_2d(np.asarray(runs_a, float)), np.atleast_2d(np.asarray(runs_b, float))
     mean_auc = lambda runs, i: np.mean([auc(y[i], r[i]) for r in runs])
     every = np.arange(len(y))
     diff = float(mean_auc(a, every) - mean_auc(b, every))
-    deltas = np.array([mean_auc(a, i) - mean_auc(b, i) for i in _stratified(y, n_boot, seed)])
-    lo, hi = np.quantile(deltas, [0.025, 0.975])
-    return diff, float(lo), float(hi), min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean())))
+    return percentile_test(diff, np.array([mean_auc(a, i) - mean_auc(b, i) for i in _stratified(y, n_boot, seed)]))
 
 
 # ---------------------------------------------------------------- protocol 1 models

@@ -24,14 +24,19 @@ def accuracy_interval(correct: Sequence[bool], level: float = 0.95) -> tuple[flo
     return (float(c.mean()), *wilson_interval(int(c.sum()), len(c), level))
 
 
+def _resampled(metric: Callable[[np.ndarray], float], n_items: int, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
+    """`metric(indices)` on all items, and on `n_boot` resamples of them drawn by one seeded generator."""
+    if n_items <= 0:
+        raise ValueError("bootstrap: expected at least one item to resample")
+    rng = np.random.default_rng(seed)
+    full = float(metric(np.arange(n_items)))
+    return full, np.array([metric(rng.integers(0, n_items, n_items)) for _ in range(n_boot)])
+
+
 def bootstrap_interval(metric: Callable[[np.ndarray], float], n_items: int, n_boot: int = 1000,
                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(value, low, high): `metric(indices)` on all items, and its percentile interval over items resampled."""
-    if n_items <= 0:
-        raise ValueError("bootstrap_interval: expected at least one item")
-    rng = np.random.default_rng(seed)
-    full = float(metric(np.arange(n_items)))
-    boots = [metric(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
+    full, boots = _resampled(metric, n_items, n_boot, seed)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return full, float(lo), float(hi)
 
@@ -56,19 +61,19 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
     return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
+def percentile_test(diff: float, deltas: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(diff, percentile interval of the resampled differences, two-sided p): p is the share of resamples on the
+    other side of zero, doubled (the percentile-interval test of Koehn 2004)."""
+    lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    p = 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))
+    return diff, float(lo), float(hi), min(1.0, p)
+
+
 def paired_difference(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
                       n_items: int, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float, float, float]:
     """(difference a - b on all items, its percentile interval, two-sided p) from resampling the same items for both."""
-    rng = np.random.default_rng(seed)
-    idx = np.arange(n_items)
-    diff = float(metric_a(idx) - metric_b(idx))
-    deltas = np.array([metric_a(s) - metric_b(s) for s in (rng.integers(0, n_items, n_items)
-                                                           for _ in range(n_boot))])
-    # share of resamples on the other side of zero, doubled (the percentile-interval test of Koehn 2004)
-    p = 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))
-    lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
-    return diff, float(lo), float(hi), min(1.0, p)
+    return percentile_test(*_resampled(lambda i: metric_a(i) - metric_b(i), n_items, n_boot, seed), level)
 
 
 def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable[[np.ndarray], float],
