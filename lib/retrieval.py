@@ -4,15 +4,17 @@ Three retrievers share one shape: `scores(queries) -> (n_queries, n_docs)` array
 
 - `BM25` ranks by term overlap (Robertson & Zaragoza 2009), through `bm25s`, with English stop words removed and
   Snowball stemming ("arrived" and "arriving" both become "arriv").
-- `Dense` embeds queries and documents with a causal LM's hidden states (mean over the tokens) and ranks by cosine.
-- `rrf` fuses rankings: each document gets sum over retrievers of 1 / (k + rank) (Cormack et al. 2009, k = 60).
+- `Dense` embeds queries and documents (`embed`: a causal LM's hidden states, or a sentence encoder such as
+  all-MiniLM-L6-v2, mean over the tokens) and ranks by cosine.
+- `rrf` fuses rankings: each document gets sum over retrievers of 1 / (k + rank) (Cormack et al. 2009, k = 60);
+  `greedy_fusion` picks its members on validation.
 
 `recall_at_k` and `mrr` score a ranking against the index of the one right document per query.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -67,22 +69,24 @@ def _blocks(model) -> tuple[object, str]:
 
 @torch.no_grad()
 def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, batch_size: int = 32,
-          max_tokens: int = 128, pool: str = "mean") -> np.ndarray:
+          max_tokens: int = 128, pool: str = "mean", special_tokens: bool = False) -> np.ndarray:
     """(n, d) L2-normalised hidden states after the first `blocks` transformer blocks (None: all of them; the later
-    blocks are not run at all), pooled over each text's tokens: their mean, or the last token's (`pool="last"`)."""
+    blocks are not run at all), pooled over each text's tokens: their mean, or the last token's (`pool="last"`).
+    special_tokens: add the tokenizer's own ([CLS] ... [SEP] for a sentence encoder such as all-MiniLM-L6-v2)."""
     if pool not in ("mean", "last"):
         raise ValueError(f"pool={pool!r}: expected 'mean' or 'last'")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    base, attr = _blocks(model)
-    full = getattr(base, attr)
+    base, attr = _blocks(model) if blocks else (model.base_model, None)
+    full = getattr(base, attr) if attr else None
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    setattr(base, attr, full[:blocks] if blocks else full)
+    if attr:
+        setattr(base, attr, full[:blocks])
     try:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] or [pad] for i in idx]
+            enc = [tokenizer(texts[i], add_special_tokens=special_tokens)["input_ids"] or [pad] for i in idx]
             enc = [e[:max_tokens] if pool == "mean" else e[-max_tokens:] for e in enc]  # "last" keeps the end
             width = max(map(len, enc))
             ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=device)
@@ -94,7 +98,8 @@ def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, bat
                 pooled = hidden[torch.arange(len(idx), device=device), mask.sum(1) - 1]
             out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
     finally:
-        setattr(base, attr, full)
+        if attr:
+            setattr(base, attr, full)
     return out
 
 
@@ -150,3 +155,17 @@ def reciprocal_ranks(scores: np.ndarray, gold: Sequence[int]) -> np.ndarray:
 def mrr(scores: np.ndarray, gold: Sequence[int]) -> float:
     """Mean reciprocal rank of the right document."""
     return float(reciprocal_ranks(scores, gold).mean())
+
+
+def greedy_fusion(scores: Mapping[str, np.ndarray], gold: Sequence[int], k: int = 5) -> list[str]:
+    """Members of an RRF fusion picked greedily (on validation): start from the best single retriever by recall@k,
+    add the one that raises the fusion's recall@k most, stop when none raises it (ties: fewer members)."""
+    pick = [max(scores, key=lambda n: recall_at_k(scores[n], gold, k))]
+    best = recall_at_k(scores[pick[0]], gold, k)
+    while rest := [n for n in scores if n not in pick]:
+        gain = {n: recall_at_k(rrf([scores[m] for m in [*pick, n]]), gold, k) for n in rest}
+        top = max(rest, key=gain.get)
+        if gain[top] <= best:
+            break
+        pick, best = [*pick, top], gain[top]
+    return pick

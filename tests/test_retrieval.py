@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lib.retrieval import BM25, Dense, group_max, mrr, ranks, recall_at_k, reciprocal_ranks, rrf, tokenize
+from lib.retrieval import BM25, Dense, embed, greedy_fusion, group_max, mrr, ranks, recall_at_k, reciprocal_ranks, rrf, \
+    tokenize
 
 DOCS = ["card card delivery", "card fee", "transfer fee fee fee", "exchange rate"]
 
@@ -79,3 +82,39 @@ def test_metrics_on_a_known_ranking():
 def test_group_max_takes_the_best_document_of_each_group():
     s = np.array([[0.1, 0.7, 0.3, 0.2]])
     np.testing.assert_allclose(group_max(s, [0, 0, 1, 1], 3)[0], [0.7, 0.3, -np.inf])
+
+
+def test_greedy_fusion_adds_members_while_recall_grows():
+    gold = [0, 1, 2, 3]
+    a = np.eye(4)[[0, 1, 3, 2]] * 1.0  # right for queries 0 and 1
+    b = np.eye(4)[[1, 0, 2, 3]] * 1.0  # right for queries 2 and 3
+    c = np.eye(4)[[3, 2, 1, 0]] * 1.0  # right for none
+    noisy = a + 0.5 * b  # right for 0 and 1, second best for 2 and 3
+    scores = {"a": a, "b": b, "c": c, "noisy": noisy}
+    pick = greedy_fusion(scores, gold, k=1)
+    assert pick[0] in ("a", "noisy") and "c" not in pick
+    fused = recall_at_k(rrf([scores[n] for n in pick]), gold, 1)
+    assert fused >= max(recall_at_k(s, gold, 1) for s in scores.values())
+    assert greedy_fusion({"a": a, "c": c}, gold, k=1) == ["a"]  # c raises nothing: stop at one member
+
+
+def test_embed_pools_an_encoder_over_its_special_tokens():
+    """blocks=None runs a bidirectional encoder whole; special_tokens adds [CLS]/[SEP]; padding leaves no trace."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "my", "card", "has", "not", "arrived", "fee"]
+    path = Path(tempfile.mkdtemp()) / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32)).eval()
+    texts = ["my card has not arrived", "fee"]
+    out = embed(model, tok, texts, special_tokens=True)
+    for text, row in zip(texts, out):
+        enc = tok(text, return_tensors="pt")
+        assert enc["input_ids"][0, 0] == tok.cls_token_id and enc["input_ids"][0, -1] == tok.sep_token_id
+        with torch.no_grad():
+            mean = model(**enc).last_hidden_state[0].mean(0)
+        np.testing.assert_allclose(row, torch.nn.functional.normalize(mean, dim=0).numpy(), atol=1e-5)
