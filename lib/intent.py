@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,17 @@ def mix(log_probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarra
     """Log-probabilities of a weighted product of classifiers: log_softmax(sum_i w_i log p_i)."""
     z = sum(w * lp for w, lp in zip(weights, log_probas, strict=True))
     return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+
+def pick_weights(members: Sequence[Sequence[np.ndarray]], score: Callable[[np.ndarray], float],
+                 grid: Sequence[tuple[float, ...]]) -> tuple[tuple[float, ...], dict[tuple[float, ...], float]]:
+    """(best weights, score of each) of `mix` over the grid on validation; members[m][s] is member m's log-probabilities
+    for seed s (a seedless member: a list of one, shared by every seed); the score is the mean over seeds; ties: the
+    smaller weights, then the earlier in the grid."""
+    n_seeds = max(len(m) for m in members)
+    runs = [[m[0] if len(m) == 1 else m[s] for m in members] for s in range(n_seeds)]
+    scores = {tuple(w): float(np.mean([score(mix(run, w)) for run in runs])) for w in grid}
+    return max(scores, key=lambda w: (scores[w], -sum(w))), scores
 
 
 def confidence(log_proba: np.ndarray) -> np.ndarray:
