@@ -93,6 +93,19 @@ def pick_weights(members: Sequence[Sequence[np.ndarray]], score: Callable[[np.nd
     return max(scores, key=lambda w: (scores[w], -sum(w))), scores
 
 
+def scores_to_log_proba(scores: np.ndarray, temperature: float = 0.05) -> np.ndarray:
+    """Log-probabilities from (n, n_labels) scores, e.g. each label's best cosine: log_softmax(scores / temperature)."""
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+
+def gate(log_proba: np.ndarray, similarity: np.ndarray, floor: float) -> np.ndarray:
+    """The log-probabilities, with each row whose similarity to the known queries is below `floor` made flat
+    (confidence 1 / n_labels): a query unlike every known one is out of scope, whatever the classifier says."""
+    flat = np.full_like(log_proba, -np.log(log_proba.shape[1]))
+    return np.where((np.asarray(similarity) >= floor)[:, None], log_proba, flat)
+
+
 def confidence(log_proba: np.ndarray) -> np.ndarray:
     """The top label's probability, per query."""
     return np.exp(log_proba.max(1))
@@ -110,12 +123,20 @@ def handoff_curve(conf_in: np.ndarray, correct_in: np.ndarray, conf_out: np.ndar
                      "answered_wrongly": float((answered & ~correct_in).mean()),
                      "handed_off": float((~answered).mean()),
                      "precision": float((answered & correct_in).sum() / n_ans) if n_ans else 1.0,
-                     "oos_rejected": float((conf_out < t).mean())})
+                     "oos_rejected": float((conf_out < t).mean()), "n_answered": n_ans, "n_out": len(conf_out)})
     return rows
 
 
-def pick_threshold(curve: Sequence[dict[str, float]], min_rejection: float, min_precision: float) -> dict[str, float]:
-    """The row that answers most in-scope queries correctly among those meeting both floors (else the strictest)."""
-    ok = [r for r in curve if r["oos_rejected"] >= min_rejection and r["precision"] >= min_precision]
+def pick_threshold(curve: Sequence[dict[str, float]], min_rejection: float, min_precision: float,
+                   level: float | None = None) -> dict[str, float]:
+    """The row that answers most in-scope queries correctly among those meeting both floors (else the strictest);
+    with `level` (e.g. 0.95), the floors must hold for the lower end of each rate's Wilson interval, not its estimate."""
+    from lib.stats import wilson_interval
+
+    def low(rate: float, n: int) -> float:
+        return wilson_interval(round(rate * n), n, level)[0] if level and n else rate
+
+    ok = [r for r in curve if low(r["oos_rejected"], r["n_out"]) >= min_rejection
+          and low(r["precision"], r["n_answered"]) >= min_precision]
     return max(ok, key=lambda r: (r["answered_correctly"], -r["threshold"])) if ok else max(curve, key=lambda r:
                                                                                               r["threshold"])

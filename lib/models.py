@@ -129,11 +129,12 @@ def load_causal_lm(name: str, device: str = "cpu", dtype=None):
     return model.to(device).eval()
 
 
-def load_encoder(name: str = MINILM, device: str = "cpu"):
-    """A bidirectional text encoder (AutoModel, e.g. all-MiniLM-L6-v2) in eval mode on `device`."""
+def load_encoder(name: str = MINILM, device: str = "cpu", dtype: str = "float32"):
+    """A bidirectional text encoder (AutoModel, e.g. all-MiniLM-L6-v2) in eval mode on `device`, weights in `dtype`."""
+    import torch
     from transformers import AutoModel
 
-    return _load(AutoModel, name).to(device).eval()
+    return _load(AutoModel, name).to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
 def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bidirectional: bool = False):

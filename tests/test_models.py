@@ -87,6 +87,17 @@ def test_minilm_loads_offline_and_puts_paraphrases_close():
     assert abs(float(v[0] @ v[0]) - 1) < 1e-5 and float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
 
 
+def test_minilm_in_bfloat16_gives_nearly_the_same_vectors():
+    from lib.models import load_encoder
+    from lib.retrieval import embed
+
+    texts, tok = ["my card has not arrived yet", "how do I bake bread?"], load_tokenizer("all-minilm-l6-v2")
+    vecs = {d: embed(load_encoder("all-minilm-l6-v2", dtype=d), tok, texts, special_tokens=True)
+            for d in ("float32", "bfloat16")}
+    assert next(load_encoder("all-minilm-l6-v2", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    assert ((vecs["float32"] * vecs["bfloat16"]).sum(1) > 0.99).all()
+
+
 def test_minilm_missing_says_how_to_install(monkeypatch):
     import importlib.util
 
