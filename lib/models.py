@@ -137,6 +137,17 @@ def load_encoder(name: str = MINILM, device: str = "cpu", dtype: str = "float32"
     return _load(AutoModel, name).to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
+def compile_for_inference(model):
+    """The model with its forward compiled by torch.compile (inductor; weights frozen into the graph as constants,
+    dynamic shapes): its first call compiles (tens of seconds on a CPU), later calls are cheaper. Inference only."""
+    import torch
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True  # lets inductor pre-pack the frozen weights for the CPU's matrix kernels
+    model.forward = torch.compile(model.forward, dynamic=True)  # the instance's forward: model.base_model sees it
+    return model
+
+
 def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bidirectional: bool = False):
     """A token-classification model (new head over `labels`) from any of our model names; optionally bidirectional."""
     from transformers import AutoModelForTokenClassification

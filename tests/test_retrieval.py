@@ -98,8 +98,8 @@ def test_greedy_fusion_adds_members_while_recall_grows():
     assert greedy_fusion({"a": a, "c": c}, gold, k=1) == ["a"]  # c raises nothing: stop at one member
 
 
-def test_embed_pools_an_encoder_over_its_special_tokens():
-    """blocks=None runs a bidirectional encoder whole; special_tokens adds [CLS]/[SEP]; padding leaves no trace."""
+def _tiny_bert():
+    """A seeded two-block BERT with a ten-word vocabulary, and its tokenizer: (tokenizer, model)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -110,6 +110,14 @@ def test_embed_pools_an_encoder_over_its_special_tokens():
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=32)).eval()
+    return tok, model
+
+
+def test_embed_pools_an_encoder_over_its_special_tokens():
+    """blocks=None runs a bidirectional encoder whole; special_tokens adds [CLS]/[SEP]; padding leaves no trace."""
+    import torch
+
+    tok, model = _tiny_bert()
     texts = ["my card has not arrived", "fee"]
     out = embed(model, tok, texts, special_tokens=True)
     for text, row in zip(texts, out):
@@ -118,3 +126,16 @@ def test_embed_pools_an_encoder_over_its_special_tokens():
         with torch.no_grad():
             mean = model(**enc).last_hidden_state[0].mean(0)
         np.testing.assert_allclose(row, torch.nn.functional.normalize(mean, dim=0).numpy(), atol=1e-5)
+
+
+def test_a_compiled_encoder_gives_the_eager_vectors():
+    """compile_for_inference replaces the instance's forward (which embed reaches through base_model); same vectors."""
+    from lib.models import compile_for_inference
+
+    tok, model = _tiny_bert()
+    texts = ["my card has not arrived", "fee", "card fee"]
+    eager = embed(model, tok, texts, special_tokens=True)
+    compiled = compile_for_inference(model)
+    assert compiled.base_model.forward is not type(model).forward.__get__(model)
+    rows = np.vstack([embed(compiled, tok, [t], special_tokens=True) for t in texts])  # one at a time, as served
+    np.testing.assert_allclose(rows, eager, atol=1e-4)
