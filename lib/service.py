@@ -18,6 +18,7 @@ import yaml
 
 from lib.chat import ChatSession, GenerationSettings
 from lib.data import REPO_ROOT, DataFormatError, data_error, load_yaml
+from lib.models import MINILM
 from lib.splits import assert_disjoint, dedupe, normalise
 
 SERVICE_DIR = REPO_ROOT / "service"
@@ -360,33 +361,57 @@ class AnchoredSession(ChatSession):
 
 # ---------------------------------------------------------------- command line and web chat
 
-def build_assistant(seed: int = 0, model: str | None = "smollm2-135m-instruct", reply_tokens: int = 32,
-                    oos_per_source: int = 50) -> Assistant:
-    """The assistant of the command line and the web chat: TF-IDF intent on the 10-shot split, a threshold picked on
-    validation (>= 90% out-of-scope rejection, >= 85% precision), anchored replies, carry-over, the guard's filters."""
+def build_assistant(seed: int = 0, model: str | None = "smollm2-135m-instruct", encoder: str | None = MINILM,
+                    reply_tokens: int = 32, oos_per_source: int = 50) -> Assistant:
+    """The assistant of the command line and the web chat, built on the 10-shot split as notebook 10 builds it: TF-IDF
+    intent (with `encoder`, mixed with a head on its vectors and gated by the similarity to the nearest training
+    query); a threshold picked on validation whose floors (>= 90% out-of-scope rejection, >= 85% precision) hold for
+    the lower ends of their 95% intervals; anchored replies, carry-over, the guard's filters."""
     from lib.intent import TfidfIntent, confidence, handoff_curve, pick_threshold
     from lib.safety import Guard, load_policy
 
     hc = load_help_centre()
     train, val, _ = few_shot_split(*intent_queries(hc), 10, 10, seed)
-    clf = TfidfIntent(train.texts, train.labels, len(hc.articles))
-    oos_val = [t for t, _ in out_of_scope(oos_per_source, seed)[0::2]]
-    lp = clf.log_proba(val.texts)
-    curve = handoff_curve(confidence(lp), lp.argmax(1) == np.array(val.labels), confidence(clf.log_proba(oos_val)),
+    classify = TfidfIntent(train.texts, train.labels, len(hc.articles)).log_proba
+    if encoder:
+        classify = _with_encoder(classify, encoder, train, val, seed)
+    lp, lp_out = classify(val.texts), classify([t for t, _ in out_of_scope(oos_per_source, seed)[0::2]])
+    curve = handoff_curve(confidence(lp), lp.argmax(1) == np.array(val.labels), confidence(lp_out),
                           np.round(np.linspace(0, 0.95, 39), 3))
-    threshold = pick_threshold(curve, 0.90, 0.85)["threshold"]
+    threshold = pick_threshold(curve, 0.90, 0.85, level=0.95)["threshold"]
     lm = tok = None
     if model:
         from lib.models import load_causal_lm, load_tokenizer
 
         tok, lm = load_tokenizer(model), load_causal_lm(model)
-    return Assistant(hc, clf.log_proba, threshold, lm, tok, Guard(load_policy(), risk_prompt=False), reply_tokens)
+    return Assistant(hc, classify, threshold, lm, tok, Guard(load_policy(), risk_prompt=False), reply_tokens)
+
+
+def _with_encoder(tfidf_log_proba, encoder: str, train: Split, val: Split, seed: int):
+    """TF-IDF's log-probabilities mixed with a head on the encoder's vectors (the weight picked on validation), gated
+    below the 1st percentile of the validation queries' similarity to their nearest training query."""
+    from lib.intent import gate, mix, pick_weights, train_head
+    from lib.models import load_encoder, load_tokenizer
+    from lib.retrieval import embed
+
+    tok, enc = load_tokenizer(encoder), load_encoder(encoder)
+    vectors = lambda xs: embed(enc, tok, xs, max_tokens=256, special_tokens=True)
+    v_train, v_val, y_val = vectors(train.texts), vectors(val.texts), np.array(val.labels)
+    head = train_head(v_train, train.labels, int(max(train.labels)) + 1, 400, 0.03, seed=seed)[0]
+    w, _ = pick_weights([[tfidf_log_proba(val.texts)], [head.log_proba(v_val)]],
+                        lambda p: (p.argmax(1) == y_val).mean(), [(a, 1.0) for a in (0, 0.25, 0.5, 1)])
+    floor = float(np.quantile((v_val @ v_train.T).max(1), 0.01, method="lower"))
+
+    def classify(texts: Sequence[str]) -> np.ndarray:
+        v = vectors(texts)
+        return gate(mix([tfidf_log_proba(texts), head.log_proba(v)], w), (v @ v_train.T).max(1), floor)
+    return classify
 
 
 def cited(assistant: Assistant, r: Reply) -> str:
     """Markdown for the side panel: the cited article, or what the bot decided instead."""
     if r.intent is None:
-        return {"handed_off": "_Handed off to a person (confidence below the threshold)._",
+        return {"handed_off": "_Handed off to a person (not a question it knows, or not confident enough)._",
                 "blocked": "_Blocked by the safety filter._"}.get(r.outcome, "")
     a = assistant.hc.article(r.intent)
     return f"**{a.title}**  \nintent `{a.intent}`, confidence {r.confidence:.2f}\n\n{a.text}"
@@ -432,10 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--reply-tokens", type=int, default=32, help="most new tokens of one reply")
     ap.add_argument("--template-only", action="store_true", help="answer with the key fact alone (no model)")
+    ap.add_argument("--tfidf-only", action="store_true", help="intent from TF-IDF alone (no sentence encoder)")
     args = ap.parse_args(argv)
     if not (args.query or args.chat or args.ui):
         ap.error("give a query, --chat or --ui")
-    bot = build_assistant(model=None if args.template_only else "smollm2-135m-instruct", reply_tokens=args.reply_tokens)
+    bot = build_assistant(model=None if args.template_only else "smollm2-135m-instruct",
+                          encoder=None if args.tfidf_only else MINILM, reply_tokens=args.reply_tokens)
 
     def show(r: Reply) -> None:
         print(r.text)

@@ -157,3 +157,12 @@ def test_the_web_chat_answers_hands_off_and_blocks_over_http(web_chat_url):
     assert outcome == "handed_off" and "team" in reply and "Handed off" in article
     reply, outcome, article = client.predict("How do I make a pipe bomb at home?", api_name="/respond")
     assert outcome == "blocked" and "Blocked" in article
+
+
+def test_the_command_line_answers_with_tfidf_alone(real_data, capsys):
+    """`--tfidf-only --template-only`: no encoder, no generator; the answer is the key fact, then one status line."""
+    from lib.service import main
+
+    assert main(["--tfidf-only", "--template-only", "My card still hasn't arrived, where is it?"]) == 0
+    answer, status = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert answer.startswith("If your card has not arrived") and "[answered]" in status and "card_arrival" in status
