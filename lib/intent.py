@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,16 @@ def mix(log_probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarra
     """Log-probabilities of a weighted product of classifiers: log_softmax(sum_i w_i log p_i)."""
     z = sum(w * lp for w, lp in zip(weights, log_probas, strict=True))
     return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+
+def method_log_proba(name: str, members: Mapping[str, Callable[[], np.ndarray]],
+                     weights: Sequence[float]) -> np.ndarray:
+    """Log-probabilities of the method called `name`: that member's own, else (the ensemble) the members' `mix` with
+    `weights`, in the members' order; members are thunks, so one of weight 0 is never run."""
+    if name in members:
+        return members[name]()
+    used = [(f, w) for f, w in zip(members.values(), weights, strict=True) if w]
+    return mix([f() for f, _ in used], [w for _, w in used])
 
 
 def pick_weights(members: Sequence[Sequence[np.ndarray]], score: Callable[[np.ndarray], float],

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.intent import confidence, gate, handoff_curve, mix, pick_threshold, pick_weights, scores_to_log_proba
+from lib.intent import (confidence, gate, handoff_curve, method_log_proba, mix, pick_threshold, pick_weights,
+                        scores_to_log_proba)
 
 LOG = np.log
 
@@ -54,3 +55,14 @@ def test_handoff_curve_and_the_threshold_picked_with_interval_floors():
     # Wilson lower ends: precision 88/100 -> 0.80, 76/80 -> 0.88; rejection 95/100 -> 0.89 < 0.90: none qualifies
     assert pick_threshold(curve, 0.90, 0.85, level=0.95)["threshold"] == 0.7  # ... so the strictest row
     assert pick_threshold(curve, 0.85, 0.85, level=0.95)["threshold"] == 0.7  # 0.55's precision 0.80 < 0.85
+
+
+def test_method_log_proba_runs_one_member_or_the_weighted_mix():
+    ran = []
+    a, b = LOG([[0.8, 0.2]]), LOG([[0.3, 0.7]])
+    members = {"a": lambda: ran.append("a") or a, "b": lambda: ran.append("b") or b}
+    np.testing.assert_allclose(method_log_proba("b", members, (1.0, 1.0)), b)
+    np.testing.assert_allclose(method_log_proba("ensemble", members, (1.0, 2.0)), mix([a, b], [1.0, 2.0]))
+    ran.clear()
+    np.testing.assert_allclose(method_log_proba("ensemble", members, (0.0, 1.0)), b)
+    assert ran == ["b"]  # a member of weight 0 is not run
