@@ -75,9 +75,11 @@ def embed(model, tokenizer, texts: Sequence[str], blocks: int | None = None, bat
     special_tokens: add the tokenizer's own ([CLS] ... [SEP] for a sentence encoder such as all-MiniLM-L6-v2)."""
     if pool not in ("mean", "last"):
         raise ValueError(f"pool={pool!r}: expected 'mean' or 'last'")
+    if blocks is not None and blocks < 1:
+        raise ValueError(f"blocks={blocks!r}: expected a positive number of blocks, or None for all of them")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    base, attr = _blocks(model) if blocks else (model.base_model, None)
+    base, attr = _blocks(model) if blocks is not None else (model.base_model, None)
     full = getattr(base, attr) if attr else None
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)

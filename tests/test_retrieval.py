@@ -139,3 +139,10 @@ def test_a_compiled_encoder_gives_the_eager_vectors():
     assert compiled.base_model.forward is not type(model).forward.__get__(model)
     rows = np.vstack([embed(compiled, tok, [t], special_tokens=True) for t in texts])  # one at a time, as served
     np.testing.assert_allclose(rows, eager, atol=1e-4)
+
+
+def test_embed_refuses_zero_blocks():
+    """blocks=0 once meant "all blocks" by accident (0 is falsy); now it is an error that names the parameter."""
+    tok, model = _tiny_bert()
+    with pytest.raises(ValueError, match="blocks=0"):
+        embed(model, tok, ["fee"], blocks=0)
