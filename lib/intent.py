@@ -76,10 +76,14 @@ def centre(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _normalised(z: np.ndarray) -> np.ndarray:
+    """Rows of unnormalised log-probabilities made to sum to one in probability: z - logsumexp(z) per row."""
+    return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+
 def mix(log_probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Log-probabilities of a weighted product of classifiers: log_softmax(sum_i w_i log p_i)."""
-    z = sum(w * lp for w, lp in zip(weights, log_probas, strict=True))
-    return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    return _normalised(sum(w * lp for w, lp in zip(weights, log_probas, strict=True)))
 
 
 def method_log_proba(name: str, members: Mapping[str, Callable[[], np.ndarray]],
@@ -105,8 +109,7 @@ def pick_weights(members: Sequence[Sequence[np.ndarray]], score: Callable[[np.nd
 
 def scores_to_log_proba(scores: np.ndarray, temperature: float = 0.05) -> np.ndarray:
     """Log-probabilities from (n, n_labels) scores, e.g. each label's best cosine: log_softmax(scores / temperature)."""
-    z = np.asarray(scores, dtype=np.float64) / temperature
-    return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    return _normalised(np.asarray(scores, dtype=np.float64) / temperature)
 
 
 def gate(log_proba: np.ndarray, similarity: np.ndarray, floor: float) -> np.ndarray:

@@ -374,7 +374,7 @@ def build_assistant(seed: int = 0, model: str | None = "smollm2-135m-instruct", 
     train, val, _ = few_shot_split(*intent_queries(hc), 10, 10, seed)
     classify = TfidfIntent(train.texts, train.labels, len(hc.articles)).log_proba
     if encoder:
-        classify = _with_encoder(classify, encoder, train, val, seed)
+        classify = _with_encoder(classify, encoder, train, val, len(hc.articles), seed)
     lp, lp_out = classify(val.texts), classify([t for t, _ in out_of_scope(oos_per_source, seed)[0::2]])
     curve = handoff_curve(confidence(lp), lp.argmax(1) == np.array(val.labels), confidence(lp_out),
                           np.round(np.linspace(0, 0.95, 39), 3))
@@ -387,7 +387,7 @@ def build_assistant(seed: int = 0, model: str | None = "smollm2-135m-instruct", 
     return Assistant(hc, classify, threshold, lm, tok, Guard(load_policy(), risk_prompt=False), reply_tokens)
 
 
-def _with_encoder(tfidf_log_proba, encoder: str, train: Split, val: Split, seed: int):
+def _with_encoder(tfidf_log_proba, encoder: str, train: Split, val: Split, n_labels: int, seed: int):
     """TF-IDF's log-probabilities mixed with a head on the encoder's vectors (the weight picked on validation), gated
     below the 1st percentile of the validation queries' similarity to their nearest training query."""
     from lib.intent import gate, mix, pick_weights, train_head
@@ -397,7 +397,7 @@ def _with_encoder(tfidf_log_proba, encoder: str, train: Split, val: Split, seed:
     tok, enc = load_tokenizer(encoder), load_encoder(encoder)
     vectors = lambda xs: embed(enc, tok, xs, max_tokens=256, special_tokens=True)
     v_train, v_val, y_val = vectors(train.texts), vectors(val.texts), np.array(val.labels)
-    head = train_head(v_train, train.labels, int(max(train.labels)) + 1, 400, 0.03, seed=seed)[0]
+    head = train_head(v_train, train.labels, n_labels, 400, 0.03, seed=seed)[0]
     w, _ = pick_weights([[tfidf_log_proba(val.texts)], [head.log_proba(v_val)]],
                         lambda p: (p.argmax(1) == y_val).mean(), [(a, 1.0) for a in (0, 0.25, 0.5, 1)])
     floor = float(np.quantile((v_val @ v_train.T).max(1), 0.01, method="lower"))
