@@ -370,3 +370,19 @@ def matmul_peak(n: int = 1024, reps: int = 20, device: str = "cpu", dtype: torch
         c = a @ b
     float(c[0, 0])  # waits for an asynchronous device
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def pick_precision(choice: str, device: str = "cpu") -> tuple[str, dict[str, float]]:
+    """("fp32" or "bf16", the measured matmul peaks): `choice`, or for "auto" bf16 where its peak is at least twice
+    float32's (CPUs with bf16 instructions, recent GPUs), else fp32."""
+    if choice not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision: expected auto, fp32 or bf16, got {choice!r}")
+    peaks = {p: matmul_peak(device=device, dtype=d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    if choice == "auto":
+        choice = "bf16" if peaks["bf16"] >= 2 * peaks["fp32"] else "fp32"
+    return choice, peaks
+
+
+def autocast(precision: str, device: str = "cpu"):
+    """A context in which matmuls run in bfloat16 if precision is "bf16" (torch.autocast); else it changes nothing."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")

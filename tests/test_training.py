@@ -369,3 +369,21 @@ def test_each_ddp_process_drops_its_own_units_and_resumes_them(tmp_path):
     assert all(a != b for a, b in zip(ranks[0]["whole"], ranks[1]["whole"]))  # not in lockstep: one seed per rank
     assert ranks[0]["whole"][0] != ranks[0]["whole"][1]  # and each step draws new masks
     assert all(r["resumed"] == r["whole"][2:] for r in ranks)  # every process resumes its own RNG
+
+
+@pytest.mark.parametrize("peaks, choice, expected", [((100.0, 250.0), "auto", "bf16"), ((100.0, 150.0), "auto", "fp32"),
+                                                     ((100.0, 150.0), "bf16", "bf16"), ((100.0, 250.0), "fp32", "fp32")])
+def test_pick_precision_takes_bf16_only_where_it_measures_twice_as_fast(monkeypatch, peaks, choice, expected):
+    rates = {torch.float32: peaks[0], torch.bfloat16: peaks[1]}
+    monkeypatch.setattr(training, "matmul_peak", lambda device="cpu", dtype=torch.float32: rates[dtype])
+    assert training.pick_precision(choice) == (expected, {"fp32": peaks[0], "bf16": peaks[1]})
+    with pytest.raises(ValueError, match="precision"):
+        training.pick_precision("fp16")
+
+
+def test_autocast_runs_matmuls_in_bf16_only_when_asked():
+    a = torch.randn(4, 4)
+    with training.autocast("bf16"):
+        assert (a @ a).dtype == torch.bfloat16
+    with training.autocast("fp32"):
+        assert (a @ a).dtype == torch.float32
