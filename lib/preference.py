@@ -254,12 +254,16 @@ def token_kl(policy, rows: Rows, idx: Sequence[int], split_at: int) -> float:
 
 def train_dpo(policy, rows: Rows, ref_logps: torch.Tensor, pairs: Sequence[tuple[int, int]], split_at: int, beta: float,
               steps: int, lr: float, batch_size: int, seed: int, nll_weight: float = 0.0,
-              every: int = 0, on_eval: Callable[[int], Mapping[str, float]] | None = None) -> list[dict[str, float]]:
+              every: int = 0, on_eval: Callable[[int], Mapping[str, float]] | None = None,
+              precision: str = "fp32") -> list[dict[str, float]]:
     """DPO on (chosen row, rejected row) index pairs, AdamW on the trainable weights, seeded shuffled batches, plus
     nll_weight × the chosen replies' mean token NLL (RPO; TRL's rpo_alpha); one history row per step (loss, margin,
-    accuracy), plus on_eval(step)'s numbers every `every` steps."""
+    accuracy), plus on_eval(step)'s numbers every `every` steps; each forward (and on_eval) under `precision`."""
     from tqdm.auto import tqdm
 
+    from lib.training import autocast
+
+    device = next(policy.parameters()).device.type
     params = [p for p in policy.parameters() if p.requires_grad]
     opt, rng, history, order = torch.optim.AdamW(params, lr=lr, weight_decay=0.0), random.Random(seed), [], []
     policy.train()
@@ -268,7 +272,8 @@ def train_dpo(policy, rows: Rows, ref_logps: torch.Tensor, pairs: Sequence[tuple
             order += rng.sample(range(len(pairs)), len(pairs))
         batch, order = [pairs[j] for j in order[:batch_size]], order[batch_size:]
         chosen, rejected = [c for c, _ in batch], [r for _, r in batch]
-        logps, _ = top_pass(policy, rows, chosen + rejected, split_at)
+        with autocast(precision, device):  # a fresh context per step: it caches bf16 copies of the weights
+            logps, _ = top_pass(policy, rows, chosen + rejected, split_at)
         loss, r_c, r_r = dpo_loss(*logps.chunk(2), ref_logps[chosen].to(logps.device),
                                   ref_logps[rejected].to(logps.device), beta)
         if nll_weight:
@@ -281,7 +286,8 @@ def train_dpo(policy, rows: Rows, ref_logps: torch.Tensor, pairs: Sequence[tuple
                "accuracy": (r_c > r_r).float().mean().item()}
         if on_eval is not None and every and (step % every == 0 or step == steps):
             policy.eval()
-            row.update(on_eval(step))
+            with autocast(precision, device):
+                row.update(on_eval(step))
             policy.train()
         history.append(row)
     policy.eval()

@@ -384,5 +384,7 @@ def pick_precision(choice: str, device: str = "cpu") -> tuple[str, dict[str, flo
 
 
 def autocast(precision: str, device: str = "cpu"):
-    """A context in which matmuls run in bfloat16 if precision is "bf16" (torch.autocast); else it changes nothing."""
+    """A context in which matmuls run in bfloat16 if precision is "bf16" (torch.autocast); else it changes nothing.
+    Enter it around forward passes, never around a training loop: it keeps the bf16 copy of each trainable weight
+    until the outermost context exits, so a loop inside it would compute every step with the first step's weights."""
     return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")

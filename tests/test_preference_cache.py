@@ -79,7 +79,8 @@ def test_chat_rows_cut_replies_and_mark_where_they_start(tiny):
     assert long_reply.rstrip().endswith("<|im_end|>")
 
 
-def test_dpo_on_cached_states_raises_the_margin_and_moves_away_from_the_reference(tiny):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dpo_on_cached_states_raises_the_margin_and_moves_away_from_the_reference(tiny, precision):
     model, tok = tiny
     split_at = 2
     rows = bottom_states(model, tok, PROMPTS * 2, REPLIES + REPLIES[::-1], split_at, 64)
@@ -89,7 +90,8 @@ def test_dpo_on_cached_states_raises_the_margin_and_moves_away_from_the_referenc
         assert token_kl(policy, rows, [0, 1], split_at) == pytest.approx(0.0, abs=1e-7)  # LoRA's B starts at 0
         pairs = [(i, 4 + i) for i in range(4)]
         hist = train_dpo(policy, rows, ref, pairs, split_at, beta=0.5, steps=30, lr=1e-2, batch_size=4, seed=0,
-                         every=10, on_eval=lambda step: {"kl": token_kl(policy, rows, [0, 1], split_at)})
+                         every=10, on_eval=lambda step: {"kl": token_kl(policy, rows, [0, 1], split_at)},
+                         precision=precision)  # bf16: each step must see the weights the last step updated
         assert len(hist) == 30 and hist[-1]["loss"] < hist[0]["loss"] and hist[-1]["margin"] > hist[0]["margin"]
         assert [h["step"] for h in hist if "kl" in h] == [10, 20, 30] and hist[-1]["kl"] > 1e-6
         assert not policy.training
