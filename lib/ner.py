@@ -499,12 +499,13 @@ def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pa
     bf16: run the blocks under bfloat16 autocast (the states are still stored as float32).
     """
     from lib.preference import block_states
+    from lib.training import autocast
 
     cut = next((i for i, e in enumerate(examples) if e["sentence"] != i), None)
     if cut is not None:
         raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
     device = next(model.parameters()).device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    with autocast("bf16" if bf16 else "fp32", device):
         return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
                             desc=f"blocks 0-{split_at - 1}")
 
