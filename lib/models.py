@@ -120,21 +120,31 @@ def _load(auto_cls, name: str, **kwargs):
         raise _hub_error(name, e) from e
 
 
+def as_dtype(dtype):
+    """A torch floating-point dtype from itself or its name ("float32", "bfloat16", ...); a clear error otherwise."""
+    import torch
+
+    out = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not (isinstance(out, torch.dtype) and out.is_floating_point):
+        raise ValueError(f"dtype={dtype!r}: expected a torch floating-point dtype or its name, e.g. 'float32', "
+                         "'bfloat16' or torch.float16")
+    return out
+
+
 def load_causal_lm(name: str, device: str = "cpu", dtype=None):
-    """A causal LM in eval mode on `device` (GGUF weights are de-quantized to float32)."""
+    """A causal LM in eval mode on `device`, weights in `dtype` (name or torch dtype; GGUF de-quantizes to float32)."""
     from transformers import AutoModelForCausalLM
 
-    model = _load(AutoModelForCausalLM, name, **({"dtype": dtype} if dtype is not None else {}))
+    model = _load(AutoModelForCausalLM, name, **({"dtype": as_dtype(dtype)} if dtype is not None else {}))
     model.loss_type = model.loss_type or "ForCausalLM"  # GPT-2's class name maps to no loss type: say it, no warning
     return model.to(device).eval()
 
 
-def load_encoder(name: str = MINILM, device: str = "cpu", dtype: str = "float32"):
+def load_encoder(name: str = MINILM, device: str = "cpu", dtype="float32"):
     """A bidirectional text encoder (AutoModel, e.g. all-MiniLM-L6-v2) in eval mode on `device`, weights in `dtype`."""
-    import torch
     from transformers import AutoModel
 
-    return _load(AutoModel, name).to(device=device, dtype=getattr(torch, dtype)).eval()
+    return _load(AutoModel, name).to(device=device, dtype=as_dtype(dtype)).eval()
 
 
 def compile_for_inference(model):

@@ -98,6 +98,18 @@ def test_minilm_in_bfloat16_gives_nearly_the_same_vectors():
     assert ((vecs["float32"] * vecs["bfloat16"]).sum(1) > 0.99).all()
 
 
+def test_dtype_by_name_or_torch_dtype_and_a_clear_error_otherwise():
+    from lib.models import as_dtype, load_encoder
+
+    assert as_dtype("bfloat16") is torch.bfloat16 and as_dtype(torch.float16) is torch.float16
+    for bad in ("fp16", "int8", torch.int8, 16):
+        with pytest.raises(ValueError, match=r"dtype=.*expected a torch floating-point dtype"):
+            as_dtype(bad)
+    assert next(load_encoder("all-minilm-l6-v2", dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='fp16'"):
+        load_encoder("all-minilm-l6-v2", dtype="fp16")
+
+
 def test_minilm_missing_says_how_to_install(monkeypatch):
     import importlib.util
 
