@@ -171,15 +171,15 @@ def load_token_classifier(name: str, labels: list[str], device: str = "cpu", bid
 
 def fresh_head(model, seed: int = 0):
     """A deep copy of a token classifier whose head is re-initialised as a fresh load would (N(0, initializer_range)
-    weights, zero bias), seeded; the body keeps its weights and the original is left untouched."""
+    weights, zero bias), seeded; the body keeps its weights, the original and the global RNG are left untouched."""
     import copy
 
     import torch
 
     out = copy.deepcopy(model)
     head = out.score if hasattr(out, "score") else out.classifier  # Llama-style / GPT-2 token classifiers
-    torch.manual_seed(seed)
-    torch.nn.init.normal_(head.weight, std=out.config.initializer_range)
+    draw = torch.Generator(head.weight.device).manual_seed(seed)  # its own stream: the caller's RNG is left alone
+    torch.nn.init.normal_(head.weight, std=out.config.initializer_range, generator=draw)
     if head.bias is not None:
         torch.nn.init.zeros_(head.bias)
     return out

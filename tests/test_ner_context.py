@@ -383,7 +383,11 @@ def test_fresh_head_copies_the_body_and_reinitialises_only_the_head(tmp_path, by
     with torch.no_grad():
         model.score.weight.add_(1.0)  # a head that has "trained"
     before = {n: p.clone() for n, p in model.state_dict().items()}
+    rng = torch.get_rng_state()
     a, b = fresh_head(model, seed=3), fresh_head(model, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is not reseeded
+    torch.manual_seed(3)  # the head is what a seeded fresh init draws (notebook 07's published heads)
+    assert torch.equal(a.score.weight, torch.nn.init.normal_(torch.empty_like(a.score.weight), std=0.02))
     assert all(torch.equal(model.state_dict()[n], v) for n, v in before.items())  # the original is untouched
     assert torch.equal(a.score.weight, b.score.weight) and not torch.equal(a.score.weight, model.score.weight)
     assert a.score.weight.abs().max() < 0.5  # back to N(0, 0.02), not the shifted head
