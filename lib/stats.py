@@ -63,7 +63,8 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
 
 def percentile_test(diff: float, deltas: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
     """(diff, percentile interval of the resampled differences, two-sided p): p is the share of resamples on the
-    other side of zero, doubled (the percentile-interval test of Koehn 2004)."""
+    other side of zero, doubled (the percentile-interval test of Koehn 2004); resamples at exactly zero count on both
+    sides, which errs towards "within the noise" (p = 1 when every resample ties)."""
     lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
     p = 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))
     return diff, float(lo), float(hi), min(1.0, p)
