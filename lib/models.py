@@ -144,7 +144,8 @@ def load_encoder(name: str = MINILM, device: str = "cpu", dtype="float32"):
     """A bidirectional text encoder (AutoModel, e.g. all-MiniLM-L6-v2) in eval mode on `device`, weights in `dtype`."""
     from transformers import AutoModel
 
-    return _load(AutoModel, name).to(device=device, dtype=as_dtype(dtype)).eval()
+    dtype = as_dtype(dtype)  # a bad dtype fails before the weights are read
+    return _load(AutoModel, name).to(device=device, dtype=dtype).eval()
 
 
 def compile_for_inference(model):
