@@ -155,8 +155,6 @@ KNOBS: dict[str, Knob] = {
                            choices=("first", "all", "last", "lookahead")),
     "ner_split_at": Knob(int, "frozen bottom blocks, run once and cached; the blocks above and the head train "
                          "(0: all blocks train)", nonnegative=True),
-    "ner_precision": Knob(str, "arithmetic of the cache and the top blocks' training (auto: bf16 where its measured "
-                          "matmul peak is at least twice float32's)", choices=("auto", "fp32", "bf16")),
     "ner_ablation_sentences": Knob(int, "training sentences of each variant in the ablation (scored on validation)",
                                    positive=True),
     "ner_small_model": Knob(str, "the small model of the ablation, fully fine-tuned", check="model"),
@@ -212,8 +210,8 @@ KNOBS: dict[str, Knob] = {
                         positive=True),
     "prompts_max": Knob(int, "most safety prompts per split and label used (a seeded subsample)", positive=True),
     "helpful_pairs": Knob(int, "instruction prompts (self-instruct) in the training preference pairs", positive=True),
-    "precision": Knob(str, "arithmetic of generation, the frozen blocks' cache and DPO (auto: bf16 where its measured "
-                      "matmul peak is at least twice float32's)", choices=("auto", "fp32", "bf16")),
+    "precision": Knob(str, "arithmetic of the frozen blocks' cache, training and generation (auto: bf16 where its "
+                      "measured matmul peak is at least twice float32's)", choices=("auto", "fp32", "bf16")),
     "dpo_betas": Knob(list, "DPO's β values tried, one picked on the dev prompts", item=float),
     "dpo_steps": Knob(int, "optimizer steps of one DPO run", positive=True),
     "nll_weight": Knob(float, "weight of the chosen replies' NLL added to the DPO loss (RPO; 0: plain DPO)",
@@ -250,7 +248,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                                   "kshot_seeds": 3},
         "07_ner_evaluation": {"model": "smollm2-135m-instruct", "ner_train_sentences": 160, "ner_test_sentences": 80,
                               "ner_epochs": 1.0, "ner_strategies": ["first", "last", "lookahead"], "batch_size": 8,
-                              "lr": 3e-4, "max_length": 256, "ner_split_at": 28, "ner_precision": "fp32",
+                              "lr": 3e-4, "max_length": 256, "ner_split_at": 28, "precision": "fp32",
                               "ner_ablation_sentences": 80,
                               "ner_dev_sentences": 40, "ner_small_model": "mini-gpt", "ner_small_epochs": 1.0,
                               "ner_small_lr": 3e-3},
@@ -304,7 +302,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "smollm2-135m-instruct", "ner_train_sentences": 14041,
                               "ner_test_sentences": 3453, "ner_epochs": 1.0,
                               "ner_strategies": ["first", "last", "lookahead"], "batch_size": 16, "lr": 3e-4,
-                              "max_length": 256, "ner_split_at": 12, "ner_precision": "auto",
+                              "max_length": 256, "ner_split_at": 12, "precision": "auto",
                               "ner_ablation_sentences": 1200,
                               "ner_dev_sentences": 1000, "ner_small_model": "mini-gpt", "ner_small_epochs": 2.0,
                               "ner_small_lr": 3e-3},
@@ -361,7 +359,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "07_ner_evaluation": {"model": "smollm2-135m-instruct", "ner_train_sentences": 14041,
                               "ner_test_sentences": 3453, "ner_epochs": 3.0,
                               "ner_strategies": ["first", "last", "lookahead"], "batch_size": 32, "lr": 5e-5,
-                              "max_length": 256, "ner_split_at": 0, "ner_precision": "auto",
+                              "max_length": 256, "ner_split_at": 0, "precision": "auto",
                               "ner_ablation_sentences": 14041,
                               "ner_dev_sentences": 3250, "ner_small_model": "gpt2", "ner_small_epochs": 3.0,
                               "ner_small_lr": 5e-5},

@@ -477,26 +477,27 @@ def f1_intervals(counts: np.ndarray, types: Sequence[str], n_boot: int = 1000,
 
 
 def paired_f1_tests(counts_a: np.ndarray, counts_b: np.ndarray, types: Sequence[str], n_boot: int = 1000,
-                    seed: int = 0) -> dict[str, tuple[float, float]]:
-    """(F1 of a minus F1 of b, paired-bootstrap p) per type and micro-averaged; one resample of sentences for both."""
-    from lib.stats import paired_bootstrap
+                    seed: int = 0) -> dict[str, tuple[float, float, float, float]]:
+    """(F1 of a minus F1 of b, its 95% interval, paired-bootstrap p) per type and micro-averaged; one resample of
+    sentences scores both."""
+    from lib.stats import paired_difference
 
     if counts_a.shape != counts_b.shape:
         raise ValueError(f"paired counts of one shape expected, got {counts_a.shape} and {counts_b.shape}")
     cols = {**{t: k for k, t in enumerate(types)}, "micro avg": slice(None)}
     f1_at = lambda counts, c: lambda i: f1_of(summed(counts, i)[c])  # noqa: E731
-    return {t: paired_bootstrap(f1_at(counts_a, c), f1_at(counts_b, c), len(counts_a), n_boot, seed)
+    return {t: paired_difference(f1_at(counts_a, c), f1_at(counts_b, c), len(counts_a), n_boot, seed)
             for t, c in cols.items()}
 
 
 # ---------------------------------------------------------------- two cores: a frozen bottom computed once
 
 def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pad_id: int = 0,
-                 batch_size: int = 32, bf16: bool = False) -> list[torch.Tensor]:
+                 batch_size: int = 32, precision: str = "fp32") -> list[torch.Tensor]:
     """Each example's residual stream after the first `split_at` blocks of a Llama-style model (causal, frozen).
 
     One example per sentence (none cut into chunks), so that a state is found by its example's `sentence`;
-    bf16: run the blocks under bfloat16 autocast (the states are still stored as float32).
+    precision: "bf16" runs the blocks under bfloat16 autocast (the states are still stored as float32), "fp32" does not.
     """
     from lib.preference import block_states
     from lib.training import autocast
@@ -505,7 +506,9 @@ def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pa
     if cut is not None:
         raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
     device = next(model.parameters()).device.type
-    with autocast("bf16" if bf16 else "fp32", device):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision: expected fp32 or bf16, got {precision!r}")
+    with autocast(precision, device):
         return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
                             desc=f"blocks 0-{split_at - 1}")
 

@@ -146,6 +146,11 @@ KINDS = {"baselines": "chance / theory", "references": "published by others", "c
 Noted = Mapping[str, tuple[float, str]]
 
 
+def with_ci95(name: str, value: float, low: float, high: float) -> dict[str, Any]:
+    """{name: value, name_ci95: [low, high]}: a measurement and its 95% interval as `record` reads them."""
+    return {name: value, f"{name}_ci95": [low, high]}
+
+
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
            references: Noted | None = None, targets: Noted | None = None, claims: Noted | None = None,
            baselines: Noted | None = None) -> dict[str, Any]:

@@ -17,7 +17,9 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from lib import splits
 from lib.data import REPO_ROOT, DataNotFoundError, data_error, load_classification, load_dialogues
@@ -281,6 +283,11 @@ def is_refusal(policy: Policy, reply: str) -> str | None:
     """The id of the refusal pattern a reply matches ("I can't help with that", "我不能…"), else None."""
     text = normalise(reply).replace("\u2019", "'")
     return next((r.id for r in policy.refusals if r.regex.search(text)), None)
+
+
+def refusals(policy: Policy, replies: Iterable[str]) -> np.ndarray:
+    """Whether each reply, in order, is a refusal (`is_refusal`), as a boolean array."""
+    return np.array([is_refusal(policy, r) is not None for r in replies], dtype=bool)
 
 
 def language(text: str) -> str:

@@ -255,9 +255,10 @@ def test_bootstrap_intervals_and_paired_tests_of_entity_f1():
     ci = f1_intervals(counts["good"], types, n_boot=200)
     assert set(ci) == {*types, "micro avg"} and all(lo <= v <= hi for v, lo, hi in ci.values())
     assert ci["micro avg"][0] == pytest.approx(entity_report(gold, good)[1]["micro avg"]["f1-score"])
-    diff, p = paired_f1_tests(counts["good"], counts["bad"], types, n_boot=200)["micro avg"]
-    assert diff > 0.3 and p < 0.05
-    assert paired_f1_tests(counts["good"], counts["good"], types, n_boot=200)["micro avg"] == (0.0, 1.0)
+    diff, lo, hi, p = paired_f1_tests(counts["good"], counts["bad"], types, n_boot=200)["micro avg"]
+    assert diff > 0.3 and 0 < lo <= diff <= hi and p < 0.05
+    assert diff == pytest.approx(ci["micro avg"][0] - entity_report(gold, bad)[1]["micro avg"]["f1-score"])
+    assert paired_f1_tests(counts["good"], counts["good"], types, n_boot=200)["micro avg"] == (0.0, 0.0, 0.0, 1.0)
     views = views_with_intervals(gold, good, NAMES, n_boot=200)
     assert {k: v[0] for k, v in views.items()} == pytest.approx(score_views(gold, good), abs=1e-12)
     assert all(lo <= v <= hi for v, lo, hi in views.values())

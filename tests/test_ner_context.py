@@ -318,10 +318,12 @@ def test_bf16_cache_is_float32_and_close_but_not_equal(tmp_path, byte_bpe):
 
     model = tiny_tagger(tmp_path, byte_bpe)
     examples, _ = sentence_examples(byte_bpe)
-    exact, rounded = bottom_cache(model, examples, 2), bottom_cache(model, examples, 2, bf16=True)
+    exact, rounded = bottom_cache(model, examples, 2), bottom_cache(model, examples, 2, precision="bf16")
     assert all(r.dtype == torch.float32 and r.shape == e.shape for r, e in zip(rounded, exact))
     assert all(torch.allclose(r, e, rtol=0.05, atol=0.05) for r, e in zip(rounded, exact))
     assert not all(torch.equal(r, e) for r, e in zip(rounded, exact))  # the blocks really ran in bfloat16
+    with pytest.raises(ValueError, match="precision: expected fp32 or bf16, got 'fp16'"):
+        bottom_cache(model, examples, 2, precision="fp16")
 
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
@@ -331,7 +333,7 @@ def test_train_top_tagger_learns_and_leaves_the_bottom_alone(tmp_path, byte_bpe,
     model = tiny_tagger(tmp_path, byte_bpe)
     examples, n_words = sentence_examples(byte_bpe)
     bottom = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers.0." in n or "embed" in n}
-    states = bottom_cache(model, examples, 1, bf16=mixed_precision == "bf16")
+    states = bottom_cache(model, examples, 1, precision="bf16" if mixed_precision == "bf16" else "fp32")
     tagger, hist = train_top_tagger(model, 1, examples * 40, states, epochs=4, batch_size=4, lr=1e-2,
                                     bidirectional=True, progress=False, mixed_precision=mixed_precision)
     assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
@@ -386,8 +388,10 @@ def test_fresh_head_copies_the_body_and_reinitialises_only_the_head(tmp_path, by
     rng = torch.get_rng_state()
     a, b = fresh_head(model, seed=3), fresh_head(model, seed=3)
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is not reseeded
-    torch.manual_seed(3)  # the head is what a seeded fresh init draws (notebook 07's published heads)
-    assert torch.equal(a.score.weight, torch.nn.init.normal_(torch.empty_like(a.score.weight), std=0.02))
+    with torch.random.fork_rng():  # the head is what a seeded fresh init draws (notebook 07's published heads)
+        torch.manual_seed(3)
+        assert torch.equal(a.score.weight, torch.nn.init.normal_(torch.empty_like(a.score.weight), std=0.02))
+    assert torch.equal(torch.get_rng_state(), rng)  # nor does this test reseed it for the tests after it
     assert all(torch.equal(model.state_dict()[n], v) for n, v in before.items())  # the original is untouched
     assert torch.equal(a.score.weight, b.score.weight) and not torch.equal(a.score.weight, model.score.weight)
     assert a.score.weight.abs().max() < 0.5  # back to N(0, 0.02), not the shifted head

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from lib.reporting import atomic_dir, atomic_write_text, load_ledger, record
+from lib.reporting import atomic_dir, atomic_write_text, load_ledger, record, with_ci95
 
 
 @pytest.fixture
@@ -25,6 +25,16 @@ def test_record_merges_metrics_and_fingerprints(reports):
     assert fp["seed"] == 0 and fp["profile"] == "smoke" and fp["parameters"]["bpe_vocab_size"] == 10
     assert fp["packages"]["torch"].startswith("2.13") and fp["git_commit"]
     assert json.loads((reports / "smoke" / "metrics.json").read_text())
+
+
+def test_a_value_with_its_interval_is_recorded_and_summarised(reports):
+    from lib.run import _measured  # the summary's cell for one key metric
+
+    pair = with_ci95("gain", 0.25, np.float64(0.125), 0.375)
+    assert pair == {"gain": 0.25, "gain_ci95": [0.125, 0.375]}
+    record({"notebook": "01_x", "profile": "smoke", "seed": 0, "device": "cpu"}, pair, key=("gain",))
+    metrics = load_ledger("smoke")["01_x"]["metrics"]
+    assert metrics["gain_ci95"] == [0.125, 0.375] and _measured(metrics, "gain") == "0.25 [0.125, 0.375]"
 
 
 def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path, monkeypatch):

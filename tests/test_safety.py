@@ -85,6 +85,15 @@ def test_refusal_detector(policy):
     assert is_refusal(policy, "To kill a process, run kill -9 PID.") is None
 
 
+def test_refusals_is_the_detector_on_each_reply_in_order(policy):
+    from lib.safety import refusals
+
+    replies = ["To kill a process, run kill -9 PID.", policy.refusal_message["zh"], "Paris.", "I can't help with that."]
+    got = refusals(policy, iter(replies))  # any iterable, read once
+    assert got.dtype == bool and got.tolist() == [False, True, False, True]
+    assert refusals(policy, []).shape == (0,)
+
+
 def test_redaction_keeps_the_rest(policy):
     text, decs = redact(policy, "Sure! Mail lin@example.com or call +86 138 0000 1234. Step 1: make a pipe bomb.")
     assert "lin@example.com" not in text and "1234" not in text and "pipe bomb" not in text
