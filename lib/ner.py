@@ -506,9 +506,7 @@ def bottom_cache(model, examples: Sequence[Mapping[str, Any]], split_at: int, pa
     if cut is not None:
         raise ValueError(f"example {cut} is not sentence {cut}: a sentence was cut into chunks (raise max_length)")
     device = next(model.parameters()).device.type
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision: expected fp32 or bf16, got {precision!r}")
-    with autocast(precision, device):
+    with autocast(precision, device):  # checks precision before any block runs
         return block_states(model, [e["input_ids"] for e in examples], split_at, pad_id, batch_size,
                             desc=f"blocks 0-{split_at - 1}")
 

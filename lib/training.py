@@ -387,4 +387,6 @@ def autocast(precision: str, device: str = "cpu"):
     """A context in which matmuls run in bfloat16 if precision is "bf16" (torch.autocast); else it changes nothing.
     Enter it around forward passes, never around a training loop: it keeps the bf16 copy of each trainable weight
     until the outermost context exits, so a loop inside it would compute every step with the first step's weights."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision: expected fp32 or bf16, got {precision!r}")
     return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")

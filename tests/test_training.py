@@ -387,3 +387,5 @@ def test_autocast_runs_matmuls_in_bf16_only_when_asked():
         assert (a @ a).dtype == torch.bfloat16
     with training.autocast("fp32"):
         assert (a @ a).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision: expected fp32 or bf16, got 'no'"):
+        training.autocast("no")  # TrainConfig's word, not this one's
