@@ -65,7 +65,7 @@ def train_head(features: np.ndarray, labels: Sequence[int], n_labels: int, steps
     head = FeatureHead(features, n_labels, seed)
     examples = [{"input_ids": [k], "labels": [int(y)]} for k, y in enumerate(labels)]
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0, shift_labels=False,
-                      progress=False, seed=seed, log_every=max(1, steps // 10), mixed_precision="no")
+                      progress=False, seed=seed, log_every=max(1, steps // 10), mixed_precision="fp32")
     history = train(head, examples, None, cfg)
     return head.eval(), list(history)
 

@@ -165,7 +165,7 @@ def train_tagger(model_name: str, names: Sequence[str], examples: Sequence[Mappi
                  progress: bool = True, bidirectional: bool = False, mixed_precision: str = "auto"):
     """(model, history): a fresh token classifier trained with the shared core (warmup 10%, length-grouped batches).
 
-    bidirectional: fine-tune (and predict) without the causal mask; mixed_precision: TrainConfig's (auto, no, bf16).
+    bidirectional: fine-tune (and predict) without the causal mask; mixed_precision: TrainConfig's (auto, fp32, bf16).
     """
     from lib.models import load_token_classifier
     from lib.training import TrainConfig, collate, train
@@ -554,9 +554,9 @@ class TopTagger(torch.nn.Module):
 
 def train_top_tagger(model, split_at: int, examples: Sequence[Mapping[str, Any]], states: Sequence[torch.Tensor], *,
                      epochs: float, batch_size: int, lr: float, seed: int = 0, bidirectional: bool = False,
-                     progress: bool = True, mixed_precision: str = "no"):
+                     progress: bool = True, mixed_precision: str = "fp32"):
     """(TopTagger, history): blocks split_at.. and the head trained on cached states with the shared core;
-    mixed_precision: TrainConfig's (no, bf16, auto)."""
+    mixed_precision: TrainConfig's (fp32, bf16, auto)."""
     from lib.models import set_causal
     from lib.training import TrainConfig, train
 

@@ -151,13 +151,23 @@ def with_ci95(name: str, value: float, low: float, high: float) -> dict[str, Any
     return {name: value, f"{name}_ci95": [low, high]}
 
 
+def _check_intervals(metrics: Mapping[str, Any], names) -> None:
+    """Each `<name>_ci95` in names must be [low, high] with low <= high (NaN allowed), beside a measured `<name>`."""
+    for name in names:
+        ci, base = metrics[name], name[: -len("_ci95")]
+        if base not in metrics:
+            raise ValueError(f"metric {name!r}: no measured {base!r} beside it (use with_ci95({base!r}, ...))")
+        if not (isinstance(ci, list) and len(ci) == 2 and not ci[0] > ci[1]):
+            raise ValueError(f"metric {name!r}: expected [low, high] with low <= high, got {ci!r}")
+
+
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
            references: Noted | None = None, targets: Noted | None = None, claims: Noted | None = None,
            baselines: Noted | None = None) -> dict[str, Any]:
     """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json, or to the runner's staging file (merged, atomic).
 
     `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
-    is shown as the interval of `<name>`). Numbers of other kinds map a metric name to (value, source) and are kept
+    is shown as the interval of `<name>`, which must be measured too: `with_ci95` writes the pair). Numbers of other kinds map a metric name to (value, source) and are kept
     apart: `references` published by others (source: the citation), `claims` reported by a source we could not
     check, such as the seed article (source: who claims it, where), `baselines` what chance or theory gives (source:
     the derivation), `targets` what the workbook aims at (source: why, and for which profile or model).
@@ -173,6 +183,7 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
     ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     entry = ledger.get(nb, {"metrics": {}, "key": []})
     entry["metrics"].update({k: _plain(v) for k, v in metrics.items()})
+    _check_intervals(entry["metrics"], (k for k in metrics if k.endswith("_ci95")))
     entry["key"] = list(dict.fromkeys([*entry["key"], *key]))
     for kind, values in noted.items():
         entry.setdefault(kind, {}).update({k: {"value": _plain(v), "source": src}

@@ -121,7 +121,7 @@ class TrainConfig:
     seed: int = 0
     group_by_length: bool = False  # batches of similar lengths: less padding
     shift_labels: bool = True  # causal LM (token t predicts label t+1); False for token classification
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA GPUs that support it, else fp32
+    mixed_precision: str = "auto"  # "fp32", "bf16", or auto: bf16 on CUDA GPUs that support it, else fp32
     log_dir: str | os.PathLike | None = None  # the trackers' folder, e.g. reports/<profile>/tb/<run>; None: no tracking
     # with log_dir: "tensorboard", "wandb" (offline unless WANDB_API_KEY is set), "mlflow", a tuple of them, or "none";
     # the default comes from $WORKBOOK_TRACKER, else tensorboard
@@ -146,7 +146,7 @@ class TrainConfig:
              and all(_is_num(b) and 0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
         for name in ("group_by_length", "shift_labels", "progress"):
             need(name, isinstance(getattr(self, name), bool), "True or False")
-        need("mixed_precision", self.mixed_precision in ("auto", "no", "bf16"), "one of auto, no, bf16")
+        need("mixed_precision", self.mixed_precision in ("auto", "fp32", "bf16"), "one of auto, fp32, bf16")
         for name in ("log_dir", "ckpt_dir"):
             v = getattr(self, name)
             need(name, v is None or isinstance(v, (str, os.PathLike)), "a path or None")

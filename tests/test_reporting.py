@@ -28,13 +28,34 @@ def test_record_merges_metrics_and_fingerprints(reports):
 
 
 def test_a_value_with_its_interval_is_recorded_and_summarised(reports):
-    from lib.run import _measured  # the summary's cell for one key metric
+    from lib.run import summary_markdown
 
     pair = with_ci95("gain", 0.25, np.float64(0.125), 0.375)
     assert pair == {"gain": 0.25, "gain_ci95": [0.125, 0.375]}
-    record({"notebook": "01_x", "profile": "smoke", "seed": 0, "device": "cpu"}, pair, key=("gain",))
-    metrics = load_ledger("smoke")["01_x"]["metrics"]
-    assert metrics["gain_ci95"] == [0.125, 0.375] and _measured(metrics, "gain") == "0.25 [0.125, 0.375]"
+    cfg = {"notebook": "01_x", "profile": "smoke", "seed": 0, "device": "cpu"}
+    record(cfg, pair, key=("gain",))
+    assert load_ledger("smoke")["01_x"]["metrics"]["gain_ci95"] == [0.125, 0.375]
+    ledger = load_ledger("smoke")
+    ledger["01_x"]["run"] = {"status": "ok", "seconds": 1.0}
+    (reports / "smoke" / "metrics.json").write_text(json.dumps(ledger))
+    assert "gain = 0.25 [0.125, 0.375]" in summary_markdown("smoke")  # the summary's cell
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"gain_ci95": [0.1, 0.3]}, "no measured 'gain' beside it"),          # an orphan interval (notebook 11 had two)
+    ({"gain": 0.2, "gain_ci95": [0.3, 0.1]}, "expected [low, high] with low <= high"),
+    ({"gain": 0.2, "gain_ci95": 0.3}, "expected [low, high]")])
+def test_record_refuses_an_interval_without_its_value_or_out_of_order(reports, metrics, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        record({"notebook": "01_x", "profile": "smoke", "seed": 0, "device": "cpu"}, metrics)
+    assert not (reports / "smoke" / "metrics.json").exists()  # nothing written
+
+
+def test_record_accepts_an_interval_for_a_value_recorded_earlier(reports):
+    cfg = {"notebook": "01_x", "profile": "smoke", "seed": 0, "device": "cpu"}
+    record(cfg, {"gain": 0.2})
+    record(cfg, {"gain_ci95": [0.1, float("nan")]})  # NaN: an interval that could not be computed
+    assert load_ledger("smoke")["01_x"]["metrics"]["gain_ci95"][0] == 0.1
 
 
 def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path, monkeypatch):

@@ -258,7 +258,7 @@ def test_an_interrupted_write_leaves_no_half_checkpoint(corpus, tmp_path, monkey
     ("lr", -1e-3, "TrainConfig.lr=-0.001: expected a number > 0"),
     ("batch_size", 0, "TrainConfig.batch_size=0: expected an int >= 1"),
     ("grad_accum", 1.5, "TrainConfig.grad_accum=1.5: expected an int >= 1"),
-    ("mixed_precision", "fp8", "TrainConfig.mixed_precision='fp8': expected one of auto, no, bf16"),
+    ("mixed_precision", "fp8", "TrainConfig.mixed_precision='fp8': expected one of auto, fp32, bf16"),
     ("betas", (0.9, 1.5), "TrainConfig.betas=(0.9, 1.5): expected two numbers in [0, 1)"),
     ("save_every", 10, "TrainConfig.save_every=10: expected 0 when ckpt_dir is None"),
     ("warmup_steps", 500, "TrainConfig.warmup_steps=500: expected <= max_steps=100"),
@@ -293,7 +293,7 @@ def test_train_twice_in_one_process_with_another_precision(corpus):
     model = tiny_gpt(corpus["vocab_size"])
     seen = []
     model.transformer.h[0].attn.c_attn.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
-    for precision in ("no", "bf16", "no"):  # a notebook re-running its training cell with other settings
+    for precision in ("fp32", "bf16", "fp32"):  # a notebook re-running its training cell with other settings
         seen.clear()
         train(model, blocks, None, quiet(max_steps=2, batch_size=8, mixed_precision=precision))
         assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
