@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from lib.data import REPO_ROOT
 
@@ -151,7 +151,7 @@ def with_ci95(name: str, value: float, low: float, high: float) -> dict[str, Any
     return {name: value, f"{name}_ci95": [low, high]}
 
 
-def _check_intervals(metrics: Mapping[str, Any], names) -> None:
+def _check_intervals(metrics: Mapping[str, Any], names: Iterable[str]) -> None:
     """Each `<name>_ci95` in names must be [low, high] with low <= high (NaN allowed), beside a measured `<name>`."""
     for name in names:
         ci, base = metrics[name], name[: -len("_ci95")]
@@ -167,8 +167,8 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
     """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json, or to the runner's staging file (merged, atomic).
 
     `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
-    is shown as the interval of `<name>`, which must be measured too: `with_ci95` writes the pair). Numbers of other kinds map a metric name to (value, source) and are kept
-    apart: `references` published by others (source: the citation), `claims` reported by a source we could not
+    is shown as the interval of `<name>`, which must be measured too: `with_ci95` writes the pair). Numbers of other
+    kinds map a metric name to (value, source) and are kept apart: `references` published by others (source: the citation), `claims` reported by a source we could not
     check, such as the seed article (source: who claims it, where), `baselines` what chance or theory gives (source:
     the derivation), `targets` what the workbook aims at (source: why, and for which profile or model).
     """

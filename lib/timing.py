@@ -7,10 +7,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 
-def timed(f: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """(f(*args), the milliseconds the call took)."""
+def timed(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """(f(*args, **kwargs), the milliseconds the call took)."""
     start = time.perf_counter()
-    out = f(*args)
+    out = f(*args, **kwargs)
     return out, (time.perf_counter() - start) * 1e3
 
 

@@ -19,7 +19,6 @@ at the other seeds; `compare` and `paired_tests` turn the test predictions of ev
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from lib.losses import IGNORE_INDEX, pad_id_of, verbalizer_logprobs
 from lib.prompting import metrics
 from lib.stats import accuracy_interval, bootstrap_interval, mcnemar
+from lib.timing import timed
 from lib.training import TrainConfig, collate, cosine_schedule, train
 
 INITS = ("text", "vocab", "random")
@@ -105,9 +105,8 @@ def predict(model, tokenizer, template, texts: Sequence[str], batch_size: int = 
 
 def fit(model, examples: Sequence[dict], cfg, pad_id: int) -> tuple[list[dict], float]:
     """Train through lib.training.train; (history rows, wall seconds)."""
-    start = time.perf_counter()
-    history = train(model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
-    return history, time.perf_counter() - start
+    history, ms = timed(train, model, examples, None, cfg, collate=partial(collate, pad_id=pad_id))
+    return history, ms / 1e3
 
 
 def adam_move_bound(cfg: TrainConfig) -> float:
