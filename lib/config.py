@@ -204,6 +204,11 @@ KNOBS: dict[str, Knob] = {
     "recent_items": Knob(list, "how many of the user's latest movies recent item-kNN reads; one picked on validation",
                          item=int),
     "cold_max": Knob(int, "a test item is cold when it has at most this many training interactions", positive=True),
+    "sasrec_epochs": Knob(int, "passes of SASRec (a GPT over each user's movies) over its training windows",
+                          positive=True),
+    "sasrec_length": Knob(int, "movies SASRec reads: the length of its training windows and of the history it scores",
+                          positive=True),
+    "sasrec_dim": Knob(int, "SASRec's width (embedding size) of its 2 transformer blocks", positive=True),
     "cold_slots": Knob(int, "of the ten movies shown, how many the hybrid reserves for cold movies (text scorer)",
                        nonnegative=True),
     "lora_blocks": Knob(int, "last transformer blocks that get LoRA updates (the backward pass stops below them)",
@@ -274,7 +279,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "rec_seeds": 2, "zero_shot_examples": 2, "lora_sizes": [4], "tune_steps": 1,
                               "batch_size": 2, "lr": 2e-3, "lora_rank": 4, "lora_blocks": 2, "tune_seeds": 2,
                               "als_factors": [16], "candidates": 50, "recent_items": [3], "cold_max": 20,
-                              "cold_slots": 1},
+                              "cold_slots": 1, "sasrec_epochs": 1, "sasrec_length": 20, "sasrec_dim": 16},
     },
     "cpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -329,7 +334,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "train_sizes": [16, 64, 256, 1024, 4096], "rec_seeds": 5, "zero_shot_examples": 48,
                               "lora_sizes": [16], "tune_steps": 12, "batch_size": 4, "lr": 2e-3, "lora_rank": 8,
                               "lora_blocks": 4, "tune_seeds": 2, "als_factors": [32, 64, 128], "candidates": 50,
-                              "recent_items": [1, 2, 3, 5, 10], "cold_max": 20, "cold_slots": 1},
+                              "recent_items": [1, 2, 3, 5, 10], "cold_max": 20, "cold_slots": 1, "sasrec_epochs": 60,
+                              "sasrec_length": 50, "sasrec_dim": 64},
     },
     "gpu": {
         "common": {"seed": 0, "device": "auto"},
@@ -387,7 +393,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "lora_sizes": [16, 64, 256], "tune_steps": 64, "batch_size": 16, "lr": 1e-3,
                               "lora_rank": 8, "lora_blocks": 30, "tune_seeds": 3, "als_factors": [32, 64, 128],
                               "candidates": 50, "recent_items": [1, 2, 3, 5, 10], "cold_max": 20,
-                              "cold_slots": 1},
+                              "cold_slots": 1, "sasrec_epochs": 60, "sasrec_length": 50, "sasrec_dim": 64},
     },
 }
 

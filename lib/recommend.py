@@ -12,7 +12,8 @@ Two protocols of the literature, both on MovieLens-100K (`lib.data.load_movielen
 The recommenders are small: popularity, item-kNN (cosine), ALS matrix factorisation (the `implicit` library),
 a biased matrix factorisation of like / dislike for the first protocol (`LikeMF`), a text scorer over a language
 model's item vectors (`text_scores`), and `Reranker`, a logistic regression over a few features of each candidate
-that re-orders a base model's top candidates (the seed's 结合其他特征综合排序).
+that re-orders a base model's top candidates (the seed's 结合其他特征综合排序). The sequential recommender (SASRec, a
+GPT over each user's movies) is in `lib.sequential`; `item_sequences` gives it each stage's movies in time order.
 """
 from __future__ import annotations
 
@@ -106,10 +107,18 @@ def ndcg(ranks: Sequence[float], k: int = 10) -> np.ndarray:
     return np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
 
 
+def _refuse_nan(scores: np.ndarray, where: str) -> None:
+    """Raise when a row of scores holds NaN: NaN loses every comparison, so its target would rank first."""
+    bad = np.flatnonzero(np.isnan(scores).any(1))
+    if len(bad):
+        raise ValueError(f"{where}: NaN scores for {len(bad)} user row(s), first row {bad[0]}; expected numbers")
+
+
 def full_ranks(scores: np.ndarray, targets: Sequence[int], seen: sparse.csr_matrix) -> np.ndarray:
     """Rank (1 = top) of each user's target among the items the user has not interacted with; a tie with the target
-    counts against it (1 + the unseen items scoring at least as high, the target excepted)."""
+    counts against it (1 + the unseen items scoring at least as high, the target excepted); NaN scores are refused."""
     s = np.asarray(scores, dtype=float)
+    _refuse_nan(s, "full_ranks")
     t = np.asarray(targets)
     rows = np.arange(len(t))
     target_score = s[rows, t]
@@ -346,6 +355,13 @@ def last_interactions(ratings: pd.DataFrame, side: pd.Series, target: str, m: in
     return interactions(last["user"] - 1, last["item"] - 1, n_users, n_items)
 
 
+def item_sequences(ratings: pd.DataFrame, side: pd.Series, target: str, n_users: int) -> list[np.ndarray]:
+    """Each user's training items (1-based ids) in time order (ties as in `leave_one_out`), for users 1..n_users."""
+    r = ratings[_fitted(side, target)].sort_values("timestamp", kind="stable")
+    by_user = {u: g.to_numpy() for u, g in r.groupby("user")["item"]}
+    return [by_user.get(u, np.zeros(0, dtype=int)) for u in range(1, n_users + 1)]
+
+
 def ranking_row(ranks: np.ndarray, k: int = 10, seed: int = 0) -> dict[str, float]:
     """HR@k and NDCG@k with their 95% bootstrap intervals over the users."""
     from lib.stats import bootstrap_interval
@@ -502,6 +518,7 @@ def reranked_ranks(cands: np.ndarray, new_scores: np.ndarray, targets: Sequence[
                    base_ranks: Sequence[float]) -> np.ndarray:
     """The target's rank after re-ordering the candidates by `new_scores` (ties against the target); a target
     outside the candidates keeps its base rank (which is beyond the candidates)."""
+    _refuse_nan(np.asarray(new_scores, dtype=float), "reranked_ranks")
     t = np.asarray(targets)
     hit = cands == t[:, None]
     own = np.where(hit, new_scores, 0.0).sum(1)  # the target's new score (0 where it is not a candidate)

@@ -194,6 +194,14 @@ def test_hit_rate_and_ndcg_by_hand():
     assert np.isclose(ndcg(ranks, 10).mean(), (1 + 0.5 + 1 / np.log2(11)) / 4)
 
 
+def test_full_ranks_refuses_nan_scores_which_would_rank_their_target_first():
+    scores = np.array([[0.1, 0.5, 0.2], [np.nan, np.nan, np.nan]])
+    with pytest.raises(ValueError, match="NaN scores for 1 user row"):
+        full_ranks(scores, [2, 0], sparse.csr_matrix((2, 3)))
+    with pytest.raises(ValueError, match="reranked_ranks: NaN"):
+        reranked_ranks(np.array([[0, 1]]), np.array([[np.nan, 0.0]]), [0], [5])
+
+
 def test_full_ranks_skip_seen_items_and_count_ties_against_the_target():
     scores = np.array([[0.9, 0.8, 0.5, 0.5, 0.1], [0.1, 0.2, 0.3, 0.4, 0.5]])
     seen = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]))
