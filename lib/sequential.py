@@ -49,15 +49,15 @@ def next_item_scores(model, seqs: Sequence[Sequence[int]], length: int, batch_si
     item j + 1."""
     if any(len(s) == 0 for s in seqs):
         raise ValueError("next_item_scores: an empty sequence has no last item; expected at least one item each")
-    was_training, out = model.training, []
+    was_training, out, dev = model.training, [], next(model.parameters()).device  # train() may leave it on a GPU
     model.eval()
     for i in range(0, len(seqs), batch_size):
-        batch = [list(s[-length:]) for s in seqs[i:i + batch_size]]
+        batch = [[int(x) for x in s[-length:]] for s in seqs[i:i + batch_size]]
         width = max(map(len, batch))
-        ids = torch.tensor([s + [PAD] * (width - len(s)) for s in batch])
+        ids = torch.tensor([s + [PAD] * (width - len(s)) for s in batch], device=dev)
         mask = (ids != PAD).long()
         logits = model(input_ids=ids, attention_mask=mask).logits
-        out.append(logits[torch.arange(len(batch)), mask.sum(1) - 1, 1:].float().numpy())
+        out.append(logits[torch.arange(len(batch), device=dev), mask.sum(1) - 1, 1:].float().cpu().numpy())
     model.train(was_training)
     return np.vstack(out)
 
