@@ -225,13 +225,20 @@ def mini_gpt(tokenizer, n_layer: int, n_head: int, n_embd: int, block_size: int,
 
     Dropout defaults to 0: a small model that sees its data about once underfits and gains nothing from it (nanoGPT).
     """
+    return gpt2_lm(len(tokenizer), block_size, n_embd, n_layer, n_head, dropout, seed, bos=tokenizer.bos_token_id,
+                   eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+
+
+def gpt2_lm(vocab_size: int, n_positions: int, n_embd: int, n_layer: int, n_head: int, dropout: float = 0.0,
+            seed: int = 0, bos: int | None = None, eos: int | None = None, pad: int | None = None):
+    """A fresh, seeded GPT2LMHeadModel of the given size and special ids (tokens may be words or items)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
-                     n_head=n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, resid_pdrop=dropout, embd_pdrop=dropout,
+                     attn_pdrop=dropout)
     model = GPT2LMHeadModel(cfg)
     model.loss_type = "ForCausalLM"  # GPT-2's class name maps to no loss type: say it, no warning
     return model

@@ -168,9 +168,10 @@ def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str,
 
     `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
     is shown as the interval of `<name>`, which must be measured too: `with_ci95` writes the pair). Numbers of other
-    kinds map a metric name to (value, source) and are kept apart: `references` published by others (source: the citation), `claims` reported by a source we could not
-    check, such as the seed article (source: who claims it, where), `baselines` what chance or theory gives (source:
-    the derivation), `targets` what the workbook aims at (source: why, and for which profile or model).
+    kinds map a metric name to (value, source) and are kept apart: `references` published by others (source: the
+    citation), `claims` reported by a source we could not check, such as the seed article (source: who claims it,
+    where), `baselines` what chance or theory gives (source: the derivation), `targets` what the workbook aims at
+    (source: why, and for which profile or model).
     """
     nb, profile = cfg["notebook"], cfg["profile"]
     noted = {"references": references, "targets": targets, "claims": claims, "baselines": baselines}

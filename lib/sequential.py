@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lib.models import gpt2_lm
 from lib.timing import timed
 from lib.training import TrainConfig, train
 
@@ -23,15 +24,7 @@ PAD = 0  # item ids are 1-based; 0 pads a batch and is never a target
 def item_gpt(n_items: int, length: int, n_embd: int = 64, n_layer: int = 2, n_head: int = 2, dropout: float = 0.2,
              seed: int = 0):
     """A fresh GPT-2-architecture model over item ids 1..n_items (SASRec's size: 2 blocks, dropout 0.2)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=n_items + 1, n_positions=length, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, pad_token_id=PAD,
-                     bos_token_id=None, eos_token_id=None)
-    model = GPT2LMHeadModel(cfg)
-    model.loss_type = "ForCausalLM"
-    return model
+    return gpt2_lm(n_items + 1, length, n_embd, n_layer, n_head, dropout, seed, pad=PAD)
 
 
 def sequence_windows(seqs: Sequence[Sequence[int]], length: int) -> list[dict[str, list[int]]]:
