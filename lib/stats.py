@@ -84,6 +84,17 @@ def paired_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: Callable
     return diff, p
 
 
+def detectable_difference(diffs: Sequence[float], alpha: float = 0.05, power: float = 0.8) -> tuple[float, float]:
+    """(smallest mean paired difference a two-sided test at `alpha` finds with `power` on these items, items needed
+    to find the observed mean difference so): the normal approximation, sd from the per-item differences."""
+    d = np.asarray(diffs, dtype=float)
+    if d.ndim != 1 or len(d) < 2 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"{len(d)} differences, alpha={alpha}, power={power}: expected >= 2 and both in (0, 1)")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    sd, mean = d.std(ddof=1), abs(d.mean())
+    return float(z * sd / np.sqrt(len(d))), float(np.ceil((z * sd / mean) ** 2)) if mean > 0 else float("inf")
+
+
 def change_interval(after: Sequence[bool], before: Sequence[bool], seed: int = 0) -> tuple[float, float, float, float]:
     """(mean change after − before, its 95% bootstrap interval over the items, McNemar p) of paired 0/1 outcomes."""
     a, b = np.asarray(after, dtype=float), np.asarray(before, dtype=float)

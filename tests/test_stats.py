@@ -85,3 +85,13 @@ def test_macro_f1_equals_scikit_learns():
             p[:3] = 0  # some classes may be absent from one side
             want = f1_score(t, p, labels=list(range(n)), average="macro", zero_division=0)
             assert abs(macro_f1(t, p, n) - want) < 1e-12
+
+
+def test_detectable_difference_by_hand():
+    from lib.stats import detectable_difference
+    z = 1.959964 + 0.841621  # two-sided 5% and 80% power
+    mde, n = detectable_difference([0.0, 2.0])  # mean 1, sd sqrt(2), 2 items
+    assert abs(mde - z) < 1e-5 and n == np.ceil(2 * z**2) == 16
+    assert detectable_difference([1.0, 1.0, -1.0, -1.0])[1] == float("inf")  # no difference: no number of items finds it
+    with pytest.raises(ValueError, match="power=1.5"):
+        detectable_difference([0.0, 1.0], power=1.5)
