@@ -1,4 +1,5 @@
-"""Checkpoints without pickle: weights, optimizer, scheduler and RNG states as safetensors + JSON, written atomically."""
+"""Checkpoints without pickle: weights, optimizer, scheduler and RNG states as safetensors + JSON,
+written atomically."""
 from __future__ import annotations
 
 import json

@@ -8,10 +8,13 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import yaml
 from datasets import ClassLabel, Dataset, Features, List, Value
+
+if TYPE_CHECKING:
+    import pandas as pd  # only for annotations: load_movielens imports it when called
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONLL_NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -51,23 +54,31 @@ class Asset:
 
 
 ASSETS: list[Asset] = [
-    Asset("conll2003/train.txt", "c99b26852dabf57ca9d30a0e892b84544cc8962003151e14a71077c55dc66db5", "hub: eriktks/conll2003"),
-    Asset("conll2003/valid.txt", "f1f6469322876887de1d04acd43c59b02f59d5b02acf42c027132fa1bf349cb2", "hub: eriktks/conll2003"),
-    Asset("conll2003/test.txt", "82e0c72d262f86ad3e78b15c5d980bbf87cb205aa4bf6d2d97643f463f8d7ff7", "hub: eriktks/conll2003"),
+    Asset("conll2003/train.txt", "c99b26852dabf57ca9d30a0e892b84544cc8962003151e14a71077c55dc66db5",
+          "hub: eriktks/conll2003"),
+    Asset("conll2003/valid.txt", "f1f6469322876887de1d04acd43c59b02f59d5b02acf42c027132fa1bf349cb2",
+          "hub: eriktks/conll2003"),
+    Asset("conll2003/test.txt", "82e0c72d262f86ad3e78b15c5d980bbf87cb205aa4bf6d2d97643f463f8d7ff7",
+          "hub: eriktks/conll2003"),
     Asset("sst2/dev.tsv", "46cc9126f5e3bf1634991d8eeed3a5e8dc81869622444af859729d720c58d815", "hub: stanfordnlp/sst2"),
-    Asset("ag_news/test.tsv", "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1", "hub: fancyzhx/ag_news"),
-    Asset("banking77/test.tsv", "684f0b9df082f50ae78243fd56b99d5c8f7debbbfb7086d6df9c5d08ced7d574", "hub: PolyAI/banking77"),
+    Asset("ag_news/test.tsv", "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1",
+          "hub: fancyzhx/ag_news"),
+    Asset("banking77/test.tsv", "684f0b9df082f50ae78243fd56b99d5c8f7debbbfb7086d6df9c5d08ced7d574",
+          "hub: PolyAI/banking77"),
     Asset("corpora/tinystories-v1-train-head-lowercase/tinystories_lower.txt",
           "30c6f2fac206d82e76b80dbbede28f6b5415c8d8571dde6bfd8226ab41744a2c", "hub: roneneldan/TinyStories"),
     Asset("corpora/tinystories-v2-valid-head/tinystories_val_head.txt",
           "5fc1fb0113df62b567fb271806cd645ce8d75f59c58ca0b764c03d3b6ff34ca6", "hub: roneneldan/TinyStories"),
     Asset("corpora/tiny-shakespeare/input.txt", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
           "github: karpathy/char-rnn data/tinyshakespeare/input.txt"),
-    Asset("corpora/wikitext-2/valid.txt", "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8", "hub: Salesforce/wikitext"),
-    Asset("corpora/wikitext-2/test.txt", "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0", "hub: Salesforce/wikitext"),
+    Asset("corpora/wikitext-2/valid.txt", "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+          "hub: Salesforce/wikitext"),
+    Asset("corpora/wikitext-2/test.txt", "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+          "hub: Salesforce/wikitext"),
     Asset("dialogue/sgd/dev_chat.jsonl", "bb858dc2b75d1d63705cb9d047a3d0532973d7ba01e00a7f8e470041fcd31245",
           "github: google-research-datasets/dstc8-schema-guided-dialogue dev/ (converted to chat turns)"),
-    Asset("instructions/self-instruct/seed_tasks.jsonl", "7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48",
+    Asset("instructions/self-instruct/seed_tasks.jsonl",
+          "7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48",
           "github: yizhongw/self-instruct data/seed_tasks.jsonl"),
     Asset("instructions/self-instruct/user_oriented_instructions.jsonl",
           "81d60a117db495cecedecd9193504fd07c5b5a42f6699ef6b0f9da10fc22f42e",
@@ -182,7 +193,8 @@ CORPORA: dict[str, Corpus] = {
         note="local train is a lower-cased 4.2 MB head of v1 train; local validation a 0.8 MB head of v2 valid"),
     "tiny-shakespeare": Corpus({"train": "corpora/tiny-shakespeare/input.txt",
                                 "validation": "corpora/tiny-shakespeare/input.txt"},
-                               "karpathy/tiny_shakespeare", note="local: first 90% of lines train, last 10% validation"),
+                               "karpathy/tiny_shakespeare",
+                               note="local: first 90% of lines train, last 10% validation"),
     "wikitext-2": Corpus({"validation": "corpora/wikitext-2/valid.txt", "test": "corpora/wikitext-2/test.txt"},
                          "Salesforce/wikitext", "wikitext-2-v1", note="local copy has no train split"),
 }
@@ -232,7 +244,8 @@ class TsvSet:
 
 DATASETS: dict[str, TsvSet] = {
     "sst2": TsvSet("sst2/dev.tsv", True, ["negative", "positive"], "stanfordnlp/sst2", "validation", "sentence"),
-    "ag_news": TsvSet("ag_news/test.tsv", False, ["World", "Sports", "Business", "Sci/Tech"], "fancyzhx/ag_news", "test"),
+    "ag_news": TsvSet("ag_news/test.tsv", False, ["World", "Sports", "Business", "Sci/Tech"],
+                      "fancyzhx/ag_news", "test"),
     "banking77": TsvSet("banking77/test.tsv", True, None, "PolyAI/banking77", "test"),
 }
 
@@ -351,7 +364,8 @@ def read_conll(path: Path, labels: list[str] = CONLL_NER_LABELS, scheme: str = "
             continue
         parts = line.split()
         if len(parts) != 4:
-            raise DataFormatError(f"{path}:{i}: expected 4 space-separated columns (token POS chunk NER), got {len(parts)}")
+            raise DataFormatError(f"{path}:{i}: expected 4 space-separated columns (token POS chunk NER), "
+                                  f"got {len(parts)}")
         if parts[0] == "-DOCSTART-":
             flush()
             continue

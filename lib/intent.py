@@ -143,7 +143,8 @@ def handoff_curve(conf_in: np.ndarray, correct_in: np.ndarray, conf_out: np.ndar
 def pick_threshold(curve: Sequence[dict[str, float]], min_rejection: float, min_precision: float,
                    level: float | None = None) -> dict[str, float]:
     """The row that answers most in-scope queries correctly among those meeting both floors (else the strictest);
-    with `level` (e.g. 0.95), the floors must hold for the lower end of each rate's Wilson interval, not its estimate."""
+    with `level` (e.g. 0.95), the floors must hold for the lower end of each rate's Wilson interval,
+    not its estimate."""
     from lib.stats import wilson_interval
 
     def low(rate: float, n: int) -> float:

@@ -254,7 +254,8 @@ def plain_weights(model):
 
 
 def save_model_folder(model, tokenizer, path: Path, card: str) -> Path:
-    """Write a from_pretrained folder (safetensors weights, config, tokenizer, README model card) whole or not at all."""
+    """Write a from_pretrained folder (safetensors weights, config, tokenizer, README model card)
+    whole or not at all."""
     from lib.reporting import atomic_dir
 
     with atomic_dir(Path(path)) as tmp:

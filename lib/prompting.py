@@ -59,7 +59,8 @@ class Template:
 
 
 def _verbalizer(spec, label_names: Sequence[str], where: str) -> dict[str, tuple[str, ...]]:
-    """A verbalizer from YAML: 'names' (" " + lower-cased name, _ as spaces) or {label: str | [str, ...]} for every label."""
+    """A verbalizer from YAML: 'names' (" " + lower-cased name, _ as spaces) or {label: str | [str, ...]}
+    for every label."""
     if spec == "names":
         return {n: (" " + n.replace("_", " ").lower(),) for n in label_names}
     if not isinstance(spec, dict) or set(spec) != set(label_names):
@@ -128,7 +129,8 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
 def _segments(tokenizer, prompts: Sequence[str], continuations: Sequence[str], prefix: str):
     """Token ids of the prefix, each prompt and each continuation, by the module's tokenization convention."""
     if not prompts or not continuations:
-        raise ValueError(f"prompts ({len(prompts)}) and continuations ({len(continuations)}): expected at least one each")
+        raise ValueError(f"prompts ({len(prompts)}) and continuations ({len(continuations)}): "
+                         "expected at least one each")
     pre = _encode(tokenizer, prefix, True) if prefix else []
     conts = [_encode(tokenizer, c, False) for c in continuations]
     if not all(conts):
@@ -246,7 +248,8 @@ def apply_calibration(label_scores: torch.Tensor, p_cf: torch.Tensor) -> torch.T
 
 
 def few_shot_prompt(template: Template, examples: Sequence[tuple[str, str]], k: int, seed: int) -> str:
-    """The prefix: instruction, then k (text, label) demonstrations drawn with `seed`, each followed by the separator."""
+    """The prefix: instruction, then k (text, label) demonstrations drawn with `seed`,
+    each followed by the separator."""
     if not 0 <= k <= len(examples):
         raise ValueError(f"k={k}: expected 0 <= k <= {len(examples)} (the demonstration pool)")
     picks = random.Random(seed).sample(range(len(examples)), k)

@@ -164,7 +164,8 @@ def _check_intervals(metrics: Mapping[str, Any], names: Iterable[str]) -> None:
 def record(cfg: Mapping[str, Any], metrics: Mapping[str, float], key: tuple[str, ...] = (),
            references: Noted | None = None, targets: Noted | None = None, claims: Noted | None = None,
            baselines: Noted | None = None) -> dict[str, Any]:
-    """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json, or to the runner's staging file (merged, atomic).
+    """Add metrics of cfg['notebook'] to reports/<profile>/metrics.json, or to the runner's staging file
+    (merged, atomic).
 
     `metrics` are what this run measured; `key` names those the summary shows (a metric `<name>_ci95` = [low, high]
     is shown as the interval of `<name>`, which must be measured too: `with_ci95` writes the pair). Numbers of other

@@ -95,7 +95,8 @@ def up_to_date(ledger: dict[str, Any], out_dir: Path, notebook: str, parameters:
     """True when the ledger says the notebook's last run succeeded at this (clean) commit with these parameters."""
     run = ledger.get(notebook, {}).get("run", {})
     return (run.get("status") == "ok" and run.get("commit") == commit and "+dirty" not in commit
-            and commit != "unknown" and run.get("parameters") == parameters and (out_dir / f"{notebook}.ipynb").is_file())
+            and commit != "unknown" and run.get("parameters") == parameters
+            and (out_dir / f"{notebook}.ipynb").is_file())
 
 
 def execute(nb: Path, out_dir: Path, parameters: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:

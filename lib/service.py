@@ -1,4 +1,5 @@
-"""A customer-service assistant (智能客服): help centre as data, 10-shot intent split, out-of-scope set, the bot, its CLI.
+"""A customer-service assistant (智能客服): help centre as data, 10-shot intent split, out-of-scope set,
+the bot, its CLI.
 
 The knowledge base (知识库) is `service/help_centre.yaml`: one article per BANKING77 intent, each with a one-line key
 fact that a correct answer must contain, and policy pages that several articles share. `load_help_centre` checks its
@@ -17,7 +18,7 @@ import numpy as np
 import yaml
 
 from lib.chat import ChatSession, GenerationSettings
-from lib.data import REPO_ROOT, DataFormatError, data_error, load_yaml
+from lib.data import REPO_ROOT, data_error, load_yaml
 from lib.models import MINILM
 from lib.splits import assert_disjoint, dedupe, normalise
 

@@ -238,7 +238,8 @@ def reply_nll(model, examples: Sequence[Mapping[str, Sequence[int]]], pad_id: in
 
 
 def without_end_marker(tokenizer, example: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
-    """A copy whose labels skip each reply's end marker: the fewest closing labelled tokens whose text holds END_TEXT."""
+    """A copy whose labels skip each reply's end marker:
+    the fewest closing labelled tokens whose text holds END_TEXT."""
     ids, labels = list(example["input_ids"]), list(example["labels"])
     ends = [k + 1 for k, y in enumerate(labels) if y != IGNORE_INDEX and (k + 1 == len(labels)
                                                                          or labels[k + 1] == IGNORE_INDEX)]
@@ -254,7 +255,8 @@ def without_end_marker(tokenizer, example: Mapping[str, Sequence[int]]) -> dict[
 
 def reply_nll_parts(model, tokenizer, examples: Sequence[Mapping[str, Sequence[int]]],
                     batch_size: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(summed NLL, targets) per example on the replies with their end markers, on the reply text, and on the markers."""
+    """(summed NLL, targets) per example on the replies with their end markers,
+    on the reply text, and on the markers."""
     pad = tokenizer.pad_token_id
     whole = reply_nll(model, examples, pad, batch_size)
     text = reply_nll(model, [without_end_marker(tokenizer, e) for e in examples], pad, batch_size)

@@ -1,4 +1,5 @@
-"""Leak-free splits: duplicates found by their normalised text, one copy kept, and a check that no item is on both sides.
+"""Leak-free splits: duplicates found by their normalised text, one copy kept,
+and a check that no item is on both sides.
 
 A held-out set measures generalisation only if none of its items is also a training item. Copies that differ in case,
 punctuation or spacing ("Hi!" and "hi") are the same item to a model trained on lower-case text, so items are compared

@@ -69,7 +69,8 @@ def soft_prompt(model, n_tokens: int, init: str = "text", tokenizer=None, init_t
 
 def lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None,
          seed: int = 0, task_type: str = "CAUSAL_LM"):
-    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections); A drawn with seed.
+    """Freeze `model` and add rank-r LoRA updates (peft's default targets: the attention projections);
+    A drawn with seed.
 
     task_type: peft's, e.g. "TOKEN_CLS" for a token classifier (its new head then trains in full)."""
     from peft import LoraConfig, get_peft_model

@@ -60,7 +60,8 @@ def _byte_bpe(stories, reviews):
     tok.decoder = decoders.ByteLevel()
     prompts = [f"Review: {text}\nSentiment: {('negative', 'positive')[y]}" for text, y in zip(*reviews)]
     tok.train_from_iterator(stories + prompts, trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        vocab_size=1000, special_tokens=[EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return GPT2TokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, model_max_length=1024)
 
 

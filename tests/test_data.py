@@ -12,7 +12,8 @@ def test_real_conll2003_matches_published_sizes(real_data):
     names = sizes["train"].features["ner_tags"].feature.names
     assert names[:3] == ["O", "B-PER", "I-PER"] and len(names) == 9
     first = sizes["train"][0]
-    assert first["tokens"][:2] == ["EU", "rejects"] and [names[i] for i in first["ner_tags"][:3]] == ["B-ORG", "O", "B-MISC"]
+    assert (first["tokens"][:2] == ["EU", "rejects"]
+            and [names[i] for i in first["ner_tags"][:3]] == ["B-ORG", "O", "B-MISC"])
 
 
 def test_conll_is_iob2(real_data):
@@ -124,4 +125,5 @@ def test_chatterbot_skips_a_conversation_stored_as_a_string(tmp_path):
     from lib.data import _chatterbot
 
     (tmp_path / "t.yml").write_text("conversations:\n- - Hi\n  - Hello there\n- just one string\n", encoding="utf-8")
-    assert _chatterbot(tmp_path) == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]]
+    assert _chatterbot(tmp_path) == [[{"role": "user", "content": "Hi"},
+                                      {"role": "assistant", "content": "Hello there"}]]

@@ -16,7 +16,8 @@ def _run(cmd: list[str], env: dict) -> None:
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",  # gloo on CPU; GPUs need no flag
            "GLOO_SOCKET_IFNAME": "lo"}  # loopback, whatever the machine's hostname resolves to
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "8", str(tmp_path / "ddp.json")], env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "8",
+          str(tmp_path / "ddp.json")], env)
     _run([sys.executable, str(SCRIPT), "16", str(tmp_path / "one.json")], env)
     ddp, one = (json.loads((tmp_path / f).read_text()) for f in ("ddp.json", "one.json"))
     assert ddp["world"] == 2 and one["world"] == 1

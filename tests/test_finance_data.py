@@ -114,7 +114,8 @@ def test_the_worklist_of_a_small_set(small_set, tmp_path):
     tsv, jsonl, _ = small_set
     _script().write_worklist(tmp_path / "fin", jsonl, tsv)
     assert (tmp_path / "fin" / "worklist.tsv").read_text(encoding="utf-8").splitlines() == [
-        "id\tsentence", "1\tAcme Corp. said quarterly profit rose 20 percent.", "2\tWidget sales fell for a third month."]
+        "id\tsentence", "1\tAcme Corp. said quarterly profit rose 20 percent.",
+        "2\tWidget sales fell for a third month."]
     assert (tmp_path / "fin" / "guide.md").read_bytes() == README.read_bytes()
 
 

@@ -43,6 +43,7 @@ def test_greedy_matches_model_generate(gpt2_tok):
 def test_fluency_measures():
     from lib.generation import distinct_n, word_coverage, words
 
-    assert words("Once upon a time, Lily's cat didn't run.") == ["once", "upon", "a", "time", "lily's", "cat", "didn't", "run"]
+    assert words("Once upon a time, Lily's cat didn't run.") == [
+        "once", "upon", "a", "time", "lily's", "cat", "didn't", "run"]
     assert word_coverage("the cat sat zqxv", {"the", "cat", "sat"}) == 0.75
     assert distinct_n("the dog the dog the dog") == 0.4 and distinct_n("a b c d") == 1.0

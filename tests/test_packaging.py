@@ -1,4 +1,6 @@
 """environment.yml and pyproject.toml pin the same packages at the same versions."""
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -14,6 +16,14 @@ def test_conda_env_matches_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert {p for p in pip if "==" in p} == pins
     assert "torch==2.13.0" in pins
+
+
+def test_python_sources_pass_ruff():
+    """Line length 120 and pyflakes (undefined names, unused imports) over lib/, tests/ and benchmarks/;
+    the settings are in pyproject.toml."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "lib", "tests", "benchmarks"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_notebook_has_a_parameters_cell_first():

@@ -200,5 +200,6 @@ def test_results_table_intervals_and_paired_test_by_hand():
     row = results_table([res], y).loc["t"]
     lo, hi = wilson_interval(12, 20)
     assert row["acc"] == 0.6 and row["95% CI"] == f"[{lo:.3f}, {hi:.3f}]" and row["acc cal"] == 0.9
-    assert row["McNemar p"] == pytest.approx(mcnemar([a == b for a, b in zip(raw, y)], [a == b for a, b in zip(cal, y)]),
+    assert row["McNemar p"] == pytest.approx(mcnemar([a == b for a, b in zip(raw, y)],
+                                                     [a == b for a, b in zip(cal, y)]),
                                              rel=0.01) and row["McNemar p"] == pytest.approx(2 / 2 ** 6, rel=0.01)

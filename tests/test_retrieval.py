@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.retrieval import BM25, Dense, embed, greedy_fusion, group_max, mrr, ranks, recall_at_k, reciprocal_ranks, rrf, \
-    tokenize
+from lib.retrieval import (BM25, Dense, embed, greedy_fusion, group_max, mrr, ranks, recall_at_k, reciprocal_ranks,
+                           rrf, tokenize)
 
 DOCS = ["card card delivery", "card fee", "transfer fee fee fee", "exchange rate"]
 

@@ -46,7 +46,8 @@ def test_bad_profile_from_the_shell_is_one_line():
 
 
 def test_parse_value():
-    assert [parse_value(v) for v in ("3", "0.5", "true", "[1, 2]", "null", "gpt2")] == [3, 0.5, True, [1, 2], None, "gpt2"]
+    assert [parse_value(v) for v in ("3", "0.5", "true", "[1, 2]", "null", "gpt2")] == [
+        3, 0.5, True, [1, 2], None, "gpt2"]
 
 
 def test_runner_keeps_going_marks_failures_and_writes_whole_files(tmp_path, monkeypatch):

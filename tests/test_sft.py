@@ -107,7 +107,8 @@ def test_split_is_seeded_and_disjoint():
 
 
 def test_mix_dialogues_interleaves_and_lowercases():
-    sources = {"a": [[{"role": "user", "content": f" A{i} "}, {"role": "assistant", "content": "OK"}] for i in range(9)],
+    sources = {"a": [[{"role": "user", "content": f" A{i} "}, {"role": "assistant", "content": "OK"}]
+                     for i in range(9)],
                "b": [[{"role": "user", "content": f"B{i}"}, {"role": "assistant", "content": "Yes"}] for i in range(2)]}
     rows = mix_dialogues(sources, 6, seed=0, lowercase=True)
     assert [r["source"] for r in rows] == ["a", "b", "a", "b", "a", "a"]  # b runs out after two

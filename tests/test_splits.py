@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lib.config import PROFILES
-from lib.data import DIALOGUES, DataNotFoundError, data_root, load_classification, load_dialogues
+from lib.data import DIALOGUES, DataNotFoundError, load_classification, load_dialogues
 from lib.splits import SplitLeakError, assert_disjoint, dedupe, normalise
 
 

@@ -92,6 +92,7 @@ def test_detectable_difference_by_hand():
     z = 1.959964 + 0.841621  # two-sided 5% and 80% power
     mde, n = detectable_difference([0.0, 2.0])  # mean 1, sd sqrt(2), 2 items
     assert abs(mde - z) < 1e-5 and n == np.ceil(2 * z**2) == 16
-    assert detectable_difference([1.0, 1.0, -1.0, -1.0])[1] == float("inf")  # no difference: no number of items finds it
+    # no difference: no number of items finds it
+    assert detectable_difference([1.0, 1.0, -1.0, -1.0])[1] == float("inf")
     with pytest.raises(ValueError, match="power=1.5"):
         detectable_difference([0.0, 1.0], power=1.5)

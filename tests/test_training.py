@@ -371,8 +371,9 @@ def test_each_ddp_process_drops_its_own_units_and_resumes_them(tmp_path):
     assert all(r["resumed"] == r["whole"][2:] for r in ranks)  # every process resumes its own RNG
 
 
-@pytest.mark.parametrize("peaks, choice, expected", [((100.0, 250.0), "auto", "bf16"), ((100.0, 150.0), "auto", "fp32"),
-                                                     ((100.0, 150.0), "bf16", "bf16"), ((100.0, 250.0), "fp32", "fp32")])
+@pytest.mark.parametrize("peaks, choice, expected", [
+    ((100.0, 250.0), "auto", "bf16"), ((100.0, 150.0), "auto", "fp32"),
+    ((100.0, 150.0), "bf16", "bf16"), ((100.0, 250.0), "fp32", "fp32")])
 def test_pick_precision_takes_bf16_only_where_it_measures_twice_as_fast(monkeypatch, peaks, choice, expected):
     rates = {torch.float32: peaks[0], torch.bfloat16: peaks[1]}
     monkeypatch.setattr(training, "matmul_peak", lambda device="cpu", dtype=torch.float32: rates[dtype])
