@@ -1,4 +1,4 @@
-"""environment.yml and pyproject.toml pin the same packages at the same versions."""
+"""Packaging: the two environment files pin the same packages, notebooks keep a parameters cell, ruff passes."""
 import subprocess
 import sys
 import tomllib
